@@ -1,0 +1,170 @@
+//! Temporary trees and chroot mounts that clean up after themselves.
+//!
+//! A [`TempTree`] is removed when dropped, also when a step fails; before removing it unmounts
+//! anything still mounted below it, so that a failed chroot step can never make the removal
+//! reach into a bind-mounted host directory. A [`ChrootMounts`] guard mounts `/proc`, `/sys` and
+//! `/dev` into a root for commands run inside it and unmounts them on drop.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempTree {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempTree {
+    /// Create a fresh directory `name` below `parent` (any leftover from an earlier, killed run
+    /// is removed first).
+    pub fn new_in(parent: &Path, name: &str) -> Result<Self> {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let path = parent.join(name);
+        if path.exists() {
+            remove_tree(&path)?;
+        }
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, keep: false })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keep the tree on drop (for debugging a failed build).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        if self.keep {
+            tracing::info!("keeping {}", self.path.display());
+            return;
+        }
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::warn!("could not remove {}: {e:#}", self.path.display());
+        }
+    }
+}
+
+/// Mount points at or below `root`, deepest first.
+pub fn mounts_below(root: &Path) -> Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&root))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(found)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as octal.
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Unmount everything below `path`, then remove it.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    for m in mounts_below(path)? {
+        umount2(&m, MntFlags::MNT_DETACH)
+            .with_context(|| format!("unmounting {} before removal", m.display()))?;
+    }
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// `/proc`, `/sys` and `/dev` mounted into a root while commands run inside it.
+pub struct ChrootMounts {
+    mounted: Vec<PathBuf>,
+}
+
+impl ChrootMounts {
+    /// Mount the API filesystems into `root`.
+    pub fn new(root: &Path) -> Result<Self> {
+        let mut guard = Self {
+            mounted: Vec::new(),
+        };
+        let proc_ = root.join("proc");
+        std::fs::create_dir_all(&proc_)?;
+        mount(
+            Some("proc"),
+            &proc_,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting proc on {}", proc_.display()))?;
+        guard.mounted.push(proc_);
+        for d in ["sys", "dev"] {
+            let target = root.join(d);
+            std::fs::create_dir_all(&target)?;
+            mount(
+                Some(Path::new("/").join(d).as_path()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind-mounting /{d} on {}", target.display()))?;
+            guard.mounted.push(target);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for ChrootMounts {
+    fn drop(&mut self) {
+        for m in self.mounted.iter().rev() {
+            if let Err(e) = umount2(m, MntFlags::MNT_DETACH) {
+                tracing::warn!("could not unmount {}: {e}", m.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_tree_is_removed_on_drop() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = {
+            let t = TempTree::new_in(parent.path(), "work").unwrap();
+            std::fs::write(t.path().join("f"), b"x").unwrap();
+            t.path().to_path_buf()
+        };
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn leftover_is_replaced() {
+        let parent = tempfile::tempdir().unwrap();
+        std::fs::create_dir(parent.path().join("work")).unwrap();
+        std::fs::write(parent.path().join("work/old"), b"x").unwrap();
+        let t = TempTree::new_in(parent.path(), "work").unwrap();
+        assert!(!t.path().join("old").exists());
+    }
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+    }
+}

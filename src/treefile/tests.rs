@@ -1,0 +1,217 @@
+use super::*;
+use std::fs;
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, body).unwrap();
+    p
+}
+
+fn err(dir: &Path, name: &str) -> String {
+    format!("{:#}", load(&dir.join(name)).unwrap_err())
+}
+
+const BASE: &str = r#"
+ref = "test/${basearch}/base"
+releasever = "bookworm"
+packages = ["systemd", "openssh-server"]
+units = ["ssh.service"]
+automatic-version-prefix = "1"
+"#;
+
+#[test]
+fn parses_base() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    let t = load(&d.path().join("base.toml")).unwrap();
+    assert_eq!(t.ref_, format!("test/{}/base", basearch()));
+    assert_eq!(t.all_packages(), vec!["openssh-server", "systemd"]);
+    assert!(!t.recommends);
+    assert!(t.documentation);
+    assert!(t.parent.is_none());
+}
+
+#[test]
+fn fragment_include_concatenates_and_overrides() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "frag.toml",
+        "packages = [\"curl\"]\ndefault-target = \"graphical.target\"\n",
+    );
+    write(
+        d.path(),
+        "top.toml",
+        "include = \"frag.toml\"\nref = \"a/b\"\nreleasever = \"bookworm\"\npackages = [\"vim\"]\ndefault-target = \"multi-user.target\"\n",
+    );
+    let t = load(&d.path().join("top.toml")).unwrap();
+    assert_eq!(t.all_packages(), vec!["curl", "vim"]);
+    assert_eq!(t.default_target.as_deref(), Some("multi-user.target"));
+    assert!(t.parent.is_none(), "a fragment without a ref is merged, not layered");
+}
+
+#[test]
+fn include_with_ref_is_a_parent_layer() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    write(
+        d.path(),
+        "child.toml",
+        "include = [\"base.toml\"]\nref = \"test/child\"\npackages = [\"nginx\"]\n",
+    );
+    let t = load(&d.path().join("child.toml")).unwrap();
+    let parent = t.parent.as_ref().expect("parent layer");
+    assert_eq!(parent.ref_, format!("test/{}/base", basearch()));
+    assert_eq!(t.layer.packages.len(), 1);
+    assert_eq!(t.all_packages(), vec!["nginx", "openssh-server", "systemd"]);
+    assert_eq!(t.releasever, "bookworm", "inherited from the parent");
+    assert_eq!(t.automatic_version_prefix.as_deref(), Some("1"));
+}
+
+#[test]
+fn layer_cannot_change_parent_settings() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    write(
+        d.path(),
+        "child.toml",
+        "include = [\"base.toml\"]\nref = \"test/child\"\nrecommends = true\n",
+    );
+    let e = err(d.path(), "child.toml");
+    assert!(e.contains("child.toml:3") && e.contains("`recommends`"), "{e}");
+}
+
+#[test]
+fn invalid_toml_names_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "bad.toml", "ref = \"a\"\npackages = [\"x\"\n");
+    let e = err(d.path(), "bad.toml");
+    assert!(e.contains("bad.toml") && e.contains("line"), "{e}");
+}
+
+#[test]
+fn unknown_key_is_an_error_with_line() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "bad.toml", "ref = \"a\"\nreleasever = \"bookworm\"\npackagez = [\"x\"]\n");
+    let e = err(d.path(), "bad.toml");
+    assert!(e.contains("bad.toml") && e.contains("packagez") && e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "bad.toml", "ref = \"a\"\nreleasever = \"bookworm\"\nrecommends = \"yes\"\n");
+    let e = err(d.path(), "bad.toml");
+    assert!(e.contains("bad.toml") && e.contains("recommends"), "{e}");
+}
+
+#[test]
+fn include_cycle_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "include = [\"b.toml\"]\nref = \"x/a\"\nreleasever = \"bookworm\"\n");
+    write(d.path(), "b.toml", "include = [\"a.toml\"]\n");
+    let e = err(d.path(), "a.toml");
+    assert!(e.contains("include cycle") && e.contains("a.toml") && e.contains("b.toml"), "{e}");
+}
+
+#[test]
+fn missing_include_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "ref = \"x/a\"\nreleasever = \"bookworm\"\ninclude = [\"nope.toml\"]\n");
+    let e = err(d.path(), "a.toml");
+    assert!(e.contains("a.toml:3") && e.contains("nope.toml") && e.contains("`include`"), "{e}");
+}
+
+#[test]
+fn missing_add_files_source_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "a.toml",
+        "ref = \"x/a\"\nreleasever = \"bookworm\"\nadd-files = [[\"nope.conf\", \"/etc/nope.conf\"]]\n",
+    );
+    let e = err(d.path(), "a.toml");
+    assert!(e.contains("a.toml:3") && e.contains("add-files") && e.contains("nope.conf"), "{e}");
+}
+
+#[test]
+fn add_files_destination_outside_usr_and_etc_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "f.conf", "x");
+    for dest in ["/opt/f.conf", "/usr/../var/f", "etc/relative", "/usrx/f"] {
+        write(
+            d.path(),
+            "a.toml",
+            &format!("ref = \"x/a\"\nreleasever = \"bookworm\"\n\nadd-files = [[\"f.conf\", \"{dest}\"]]\n"),
+        );
+        let e = err(d.path(), "a.toml");
+        assert!(e.contains("a.toml:4") && e.contains("/usr or /etc"), "{dest}: {e}");
+    }
+    write(
+        d.path(),
+        "ok.toml",
+        "ref = \"x/a\"\nreleasever = \"bookworm\"\nadd-files = [[\"f.conf\", \"/etc/f.conf\"]]\n",
+    );
+    assert!(load(&d.path().join("ok.toml")).is_ok());
+}
+
+#[test]
+fn missing_postprocess_script_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "ref = \"x/a\"\nreleasever = \"bookworm\"\npostprocess-script = \"post.sh\"\n");
+    let e = err(d.path(), "a.toml");
+    assert!(e.contains("a.toml:3") && e.contains("postprocess-script"), "{e}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("packages = [\"Bad Name\"]", "`packages`"),
+        ("units = [\"sshd\"]", "`units`"),
+        ("default-target = \"multi-user\"", "`default-target`"),
+        ("automatic-version-prefix = \"1 x\"", "`automatic-version-prefix`"),
+        ("add-commit-metadata = { a = [1] }", "add-commit-metadata.a"),
+    ];
+    for (line, key) in cases {
+        write(d.path(), "a.toml", &format!("ref = \"x/a\"\nreleasever = \"bookworm\"\n{line}\n"));
+        let e = err(d.path(), "a.toml");
+        assert!(e.contains(key) && e.contains("a.toml:3"), "{line}: {e}");
+    }
+}
+
+#[test]
+fn missing_ref_and_bad_ref() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "releasever = \"bookworm\"\n");
+    assert!(err(d.path(), "a.toml").contains("`ref` is missing"));
+    write(d.path(), "a.toml", "ref = \"../x\"\nreleasever = \"bookworm\"\n");
+    assert!(err(d.path(), "a.toml").contains("not a valid OSTree ref"));
+}
+
+#[test]
+fn flattened_does_not_depend_on_location() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    for d in [d1.path(), d2.path()] {
+        write(d, "f.conf", "same");
+        write(
+            d,
+            "a.toml",
+            "ref = \"x/a\"\nreleasever = \"bookworm\"\nadd-files = [[\"f.conf\", \"/etc/f.conf\"]]\n",
+        );
+    }
+    let f1 = serde_json::to_string(&load(&d1.path().join("a.toml")).unwrap().flattened().unwrap()).unwrap();
+    let f2 = serde_json::to_string(&load(&d2.path().join("a.toml")).unwrap().flattened().unwrap()).unwrap();
+    assert_eq!(f1, f2);
+    write(d2.path(), "f.conf", "changed");
+    let f3 = serde_json::to_string(&load(&d2.path().join("a.toml")).unwrap().flattened().unwrap()).unwrap();
+    assert_ne!(f1, f3, "a changed add-files source changes the flattened form");
+}
+
+#[test]
+fn path_normalisation() {
+    assert_eq!(normalize_tree_path("/etc/./a"), Some("/etc/a".into()));
+    assert_eq!(normalize_tree_path("/etc/../a"), None);
+    assert_eq!(normalize_tree_path("etc/a"), None);
+}
