@@ -39,7 +39,8 @@ impl Cmd {
     /// Add one argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.display.push(' ');
-        self.display.push_str(&shell_quote(&arg.as_ref().to_string_lossy()));
+        self.display
+            .push_str(&shell_quote(&arg.as_ref().to_string_lossy()));
         self.inner.arg(arg);
         self
     }
@@ -153,8 +154,7 @@ pub fn failure_message(display: &str, status: std::process::ExitStatus, stderr: 
 /// Quote a word for display the way a shell would need it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
     {
         s.to_string()
@@ -176,7 +176,10 @@ mod tests {
     #[test]
     fn failure_carries_stderr_tail_and_status() {
         let err = Cmd::new("sh")
-            .args(["-c", "for i in $(seq 1 40); do echo line$i >&2; done; exit 3"])
+            .args([
+                "-c",
+                "for i in $(seq 1 40); do echo line$i >&2; done; exit 3",
+            ])
             .run()
             .unwrap_err()
             .to_string();

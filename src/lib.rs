@@ -1,9 +1,16 @@
 //! cairn: compose OSTree commits for Debian-based immutable hosts from TOML treefiles.
 //!
 //! The data flows one way: [`treefile`] → [`compose`] (through [`apt`]) → an OSTree commit in
-//! [`repo`] → later images and boot tests. [`cmd`] runs every external program; [`tmp`] holds the
-//! guards that clean up temporary trees and mounts.
+//! [`repo`], described by [`sbom`] and compared by [`diff`]. [`cmd`] runs every external program;
+//! [`tmp`] holds the guards that clean up temporary trees and mounts; [`progress`] shows it.
 
+pub mod apt;
 pub mod cmd;
+pub mod compose;
+pub mod diff;
+pub mod lockfile;
+pub mod progress;
+pub mod repo;
+pub mod sbom;
 pub mod tmp;
 pub mod treefile;

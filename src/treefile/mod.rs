@@ -19,8 +19,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-pub use raw::{RawGroup as Group, RawUser as User};
 use raw::RawTreefile;
+pub use raw::{RawGroup as Group, RawUser as User};
 
 /// Where a value was written: file and line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,8 +184,13 @@ fn load_merged(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Merged> {
     }
     let src = std::fs::read_to_string(&canon)
         .with_context(|| format!("reading treefile {}", path.display()))?;
-    let raw: RawTreefile = toml::from_str(&src)
-        .map_err(|e| anyhow!("{}: invalid treefile: {}", path.display(), e.to_string().trim_end()))?;
+    let raw: RawTreefile = toml::from_str(&src).map_err(|e| {
+        anyhow!(
+            "{}: invalid treefile: {}",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })?;
     let fc = FileCtx { path, src: &src };
     stack.push(canon);
     let mut m = Merged {
@@ -351,7 +356,10 @@ fn apply_own(m: &mut Merged, raw: RawTreefile, fc: &FileCtx) -> Result<()> {
     if let Some(v) = &raw.repos {
         m.repos = Some(Item {
             value: v.iter().map(|s| s.get_ref().clone()).collect(),
-            origin: v.first().map(|s| fc.origin(s)).unwrap_or(fc.key_origin("repos")),
+            origin: v
+                .first()
+                .map(|s| fc.origin(s))
+                .unwrap_or(fc.key_origin("repos")),
         });
     }
     if let Some(v) = raw.recommends {
@@ -449,7 +457,10 @@ fn apply_own(m: &mut Merged, raw: RawTreefile, fc: &FileCtx) -> Result<()> {
 /// Is `name` a valid Debian package name?
 pub fn valid_package_name(name: &str) -> bool {
     name.len() >= 2
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
@@ -479,16 +490,15 @@ fn valid_ref(r: &str) -> bool {
         && !r.ends_with('/')
         && !r.contains("//")
         && r.split('/').all(|seg| seg != "." && seg != "..")
-        && r
-            .chars()
+        && r.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
 }
 
 fn validate(m: Merged) -> Result<Treefile> {
     let file = m.path.display().to_string();
-    let ref_item = m
-        .ref_
-        .ok_or_else(|| anyhow!("{file}: key `ref` is missing (e.g. ref = \"cairn/${{basearch}}/base\")"))?;
+    let ref_item = m.ref_.ok_or_else(|| {
+        anyhow!("{file}: key `ref` is missing (e.g. ref = \"cairn/${{basearch}}/base\")")
+    })?;
     let ref_ = ref_item.value.replace("${basearch}", basearch());
     if !valid_ref(&ref_) {
         bail!(
@@ -499,13 +509,21 @@ fn validate(m: Merged) -> Result<Treefile> {
         );
     }
     if ref_.contains("${") {
-        bail!("{}: key `ref`: unknown variable in {:?} (only ${{basearch}} is known)", ref_item.origin, ref_);
+        bail!(
+            "{}: key `ref`: unknown variable in {:?} (only ${{basearch}} is known)",
+            ref_item.origin,
+            ref_
+        );
     }
-    let releasever = m
-        .releasever
-        .ok_or_else(|| anyhow!("{file}: key `releasever` is missing (e.g. releasever = \"bookworm\")"))?;
+    let releasever = m.releasever.ok_or_else(|| {
+        anyhow!("{file}: key `releasever` is missing (e.g. releasever = \"bookworm\")")
+    })?;
     if releasever.value.is_empty() || releasever.value.contains(char::is_whitespace) {
-        bail!("{}: key `releasever`: {:?} is not a suite name", releasever.origin, releasever.value);
+        bail!(
+            "{}: key `releasever`: {:?} is not a suite name",
+            releasever.origin,
+            releasever.value
+        );
     }
     if let Some(parent) = &m.parent {
         if parent.ref_ == ref_ {
@@ -519,7 +537,11 @@ fn validate(m: Merged) -> Result<Treefile> {
     let l = &m.layer;
     for p in l.packages.iter().chain(&l.exclude_packages) {
         if !valid_package_name(&p.value) {
-            bail!("{}: key `packages`: {:?} is not a Debian package name", p.origin, p.value);
+            bail!(
+                "{}: key `packages`: {:?} is not a Debian package name",
+                p.origin,
+                p.value
+            );
         }
     }
     for af in &l.add_files {
@@ -540,22 +562,41 @@ fn validate(m: Merged) -> Result<Treefile> {
         };
         match normalize_tree_path(&abs) {
             Some(d) if d != "/" => {}
-            _ => bail!("{}: key `remove-files`: {:?} is not a path inside the tree", r.origin, r.value),
+            _ => bail!(
+                "{}: key `remove-files`: {:?} is not a path inside the tree",
+                r.origin,
+                r.value
+            ),
         }
     }
-    const UNIT_SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".path", ".target", ".mount"];
+    const UNIT_SUFFIXES: &[&str] = &[
+        ".service", ".socket", ".timer", ".path", ".target", ".mount",
+    ];
     for u in &l.units {
         if !UNIT_SUFFIXES.iter().any(|s| u.value.ends_with(s)) || u.value.contains('/') {
-            bail!("{}: key `units`: {:?} is not a systemd unit name", u.origin, u.value);
+            bail!(
+                "{}: key `units`: {:?} is not a systemd unit name",
+                u.origin,
+                u.value
+            );
         }
     }
     if let Some(t) = &m.default_target {
         if !t.value.ends_with(".target") {
-            bail!("{}: key `default-target`: {:?} is not a .target unit", t.origin, t.value);
+            bail!(
+                "{}: key `default-target`: {:?} is not a .target unit",
+                t.origin,
+                t.value
+            );
         }
     }
     if let Some(p) = &m.automatic_version_prefix {
-        if p.value.is_empty() || !p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+        if p.value.is_empty()
+            || !p
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.')
+        {
             bail!(
                 "{}: key `automatic-version-prefix`: {:?} must be letters, digits and dots",
                 p.origin,
@@ -566,12 +607,18 @@ fn validate(m: Merged) -> Result<Treefile> {
     let mut seen_users = BTreeSet::new();
     for u in &l.users {
         if !valid_account_name(&u.name) || !seen_users.insert(u.name.clone()) {
-            bail!("{file}: key `users`: {:?} is not a valid, unique user name", u.name);
+            bail!(
+                "{file}: key `users`: {:?} is not a valid, unique user name",
+                u.name
+            );
         }
     }
     for g in &l.groups {
         if !valid_account_name(&g.name) {
-            bail!("{file}: key `groups`: {:?} is not a valid group name", g.name);
+            bail!(
+                "{file}: key `groups`: {:?} is not a valid group name",
+                g.name
+            );
         }
     }
     Ok(Treefile {
@@ -597,9 +644,10 @@ fn validate(m: Merged) -> Result<Treefile> {
 fn valid_account_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
-        && n.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && n
-            .chars()
+        && n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && n.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
 }
 
@@ -644,7 +692,11 @@ fn file_digest(p: &Path) -> Result<String> {
 impl Treefile {
     /// Packages of this layer and all its parents.
     pub fn all_packages(&self) -> Vec<String> {
-        let mut v = self.parent.as_ref().map(|p| p.all_packages()).unwrap_or_default();
+        let mut v = self
+            .parent
+            .as_ref()
+            .map(|p| p.all_packages())
+            .unwrap_or_default();
         v.extend(self.layer.packages.iter().map(|p| p.value.clone()));
         v.sort();
         v.dedup();

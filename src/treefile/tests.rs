@@ -47,7 +47,10 @@ fn fragment_include_concatenates_and_overrides() {
     let t = load(&d.path().join("top.toml")).unwrap();
     assert_eq!(t.all_packages(), vec!["curl", "vim"]);
     assert_eq!(t.default_target.as_deref(), Some("multi-user.target"));
-    assert!(t.parent.is_none(), "a fragment without a ref is merged, not layered");
+    assert!(
+        t.parent.is_none(),
+        "a fragment without a ref is merged, not layered"
+    );
 }
 
 #[test]
@@ -78,7 +81,10 @@ fn layer_cannot_change_parent_settings() {
         "include = [\"base.toml\"]\nref = \"test/child\"\nrecommends = true\n",
     );
     let e = err(d.path(), "child.toml");
-    assert!(e.contains("child.toml:3") && e.contains("`recommends`"), "{e}");
+    assert!(
+        e.contains("child.toml:3") && e.contains("`recommends`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -92,15 +98,26 @@ fn invalid_toml_names_file_and_line() {
 #[test]
 fn unknown_key_is_an_error_with_line() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "bad.toml", "ref = \"a\"\nreleasever = \"bookworm\"\npackagez = [\"x\"]\n");
+    write(
+        d.path(),
+        "bad.toml",
+        "ref = \"a\"\nreleasever = \"bookworm\"\npackagez = [\"x\"]\n",
+    );
     let e = err(d.path(), "bad.toml");
-    assert!(e.contains("bad.toml") && e.contains("packagez") && e.contains("line 3"), "{e}");
+    assert!(
+        e.contains("bad.toml") && e.contains("packagez") && e.contains("line 3"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_type_is_an_error() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "bad.toml", "ref = \"a\"\nreleasever = \"bookworm\"\nrecommends = \"yes\"\n");
+    write(
+        d.path(),
+        "bad.toml",
+        "ref = \"a\"\nreleasever = \"bookworm\"\nrecommends = \"yes\"\n",
+    );
     let e = err(d.path(), "bad.toml");
     assert!(e.contains("bad.toml") && e.contains("recommends"), "{e}");
 }
@@ -108,18 +125,32 @@ fn wrong_type_is_an_error() {
 #[test]
 fn include_cycle_is_an_error() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "a.toml", "include = [\"b.toml\"]\nref = \"x/a\"\nreleasever = \"bookworm\"\n");
+    write(
+        d.path(),
+        "a.toml",
+        "include = [\"b.toml\"]\nref = \"x/a\"\nreleasever = \"bookworm\"\n",
+    );
     write(d.path(), "b.toml", "include = [\"a.toml\"]\n");
     let e = err(d.path(), "a.toml");
-    assert!(e.contains("include cycle") && e.contains("a.toml") && e.contains("b.toml"), "{e}");
+    assert!(
+        e.contains("include cycle") && e.contains("a.toml") && e.contains("b.toml"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_include_is_an_error() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "a.toml", "ref = \"x/a\"\nreleasever = \"bookworm\"\ninclude = [\"nope.toml\"]\n");
+    write(
+        d.path(),
+        "a.toml",
+        "ref = \"x/a\"\nreleasever = \"bookworm\"\ninclude = [\"nope.toml\"]\n",
+    );
     let e = err(d.path(), "a.toml");
-    assert!(e.contains("a.toml:3") && e.contains("nope.toml") && e.contains("`include`"), "{e}");
+    assert!(
+        e.contains("a.toml:3") && e.contains("nope.toml") && e.contains("`include`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -131,7 +162,10 @@ fn missing_add_files_source_is_an_error() {
         "ref = \"x/a\"\nreleasever = \"bookworm\"\nadd-files = [[\"nope.conf\", \"/etc/nope.conf\"]]\n",
     );
     let e = err(d.path(), "a.toml");
-    assert!(e.contains("a.toml:3") && e.contains("add-files") && e.contains("nope.conf"), "{e}");
+    assert!(
+        e.contains("a.toml:3") && e.contains("add-files") && e.contains("nope.conf"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -145,7 +179,10 @@ fn add_files_destination_outside_usr_and_etc_is_an_error() {
             &format!("ref = \"x/a\"\nreleasever = \"bookworm\"\n\nadd-files = [[\"f.conf\", \"{dest}\"]]\n"),
         );
         let e = err(d.path(), "a.toml");
-        assert!(e.contains("a.toml:4") && e.contains("/usr or /etc"), "{dest}: {e}");
+        assert!(
+            e.contains("a.toml:4") && e.contains("/usr or /etc"),
+            "{dest}: {e}"
+        );
     }
     write(
         d.path(),
@@ -158,9 +195,16 @@ fn add_files_destination_outside_usr_and_etc_is_an_error() {
 #[test]
 fn missing_postprocess_script_is_an_error() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "a.toml", "ref = \"x/a\"\nreleasever = \"bookworm\"\npostprocess-script = \"post.sh\"\n");
+    write(
+        d.path(),
+        "a.toml",
+        "ref = \"x/a\"\nreleasever = \"bookworm\"\npostprocess-script = \"post.sh\"\n",
+    );
     let e = err(d.path(), "a.toml");
-    assert!(e.contains("a.toml:3") && e.contains("postprocess-script"), "{e}");
+    assert!(
+        e.contains("a.toml:3") && e.contains("postprocess-script"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -170,11 +214,18 @@ fn bad_values_are_named() {
         ("packages = [\"Bad Name\"]", "`packages`"),
         ("units = [\"sshd\"]", "`units`"),
         ("default-target = \"multi-user\"", "`default-target`"),
-        ("automatic-version-prefix = \"1 x\"", "`automatic-version-prefix`"),
+        (
+            "automatic-version-prefix = \"1 x\"",
+            "`automatic-version-prefix`",
+        ),
         ("add-commit-metadata = { a = [1] }", "add-commit-metadata.a"),
     ];
     for (line, key) in cases {
-        write(d.path(), "a.toml", &format!("ref = \"x/a\"\nreleasever = \"bookworm\"\n{line}\n"));
+        write(
+            d.path(),
+            "a.toml",
+            &format!("ref = \"x/a\"\nreleasever = \"bookworm\"\n{line}\n"),
+        );
         let e = err(d.path(), "a.toml");
         assert!(e.contains(key) && e.contains("a.toml:3"), "{line}: {e}");
     }
@@ -185,7 +236,11 @@ fn missing_ref_and_bad_ref() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "a.toml", "releasever = \"bookworm\"\n");
     assert!(err(d.path(), "a.toml").contains("`ref` is missing"));
-    write(d.path(), "a.toml", "ref = \"../x\"\nreleasever = \"bookworm\"\n");
+    write(
+        d.path(),
+        "a.toml",
+        "ref = \"../x\"\nreleasever = \"bookworm\"\n",
+    );
     assert!(err(d.path(), "a.toml").contains("not a valid OSTree ref"));
 }
 
@@ -201,12 +256,33 @@ fn flattened_does_not_depend_on_location() {
             "ref = \"x/a\"\nreleasever = \"bookworm\"\nadd-files = [[\"f.conf\", \"/etc/f.conf\"]]\n",
         );
     }
-    let f1 = serde_json::to_string(&load(&d1.path().join("a.toml")).unwrap().flattened().unwrap()).unwrap();
-    let f2 = serde_json::to_string(&load(&d2.path().join("a.toml")).unwrap().flattened().unwrap()).unwrap();
+    let f1 = serde_json::to_string(
+        &load(&d1.path().join("a.toml"))
+            .unwrap()
+            .flattened()
+            .unwrap(),
+    )
+    .unwrap();
+    let f2 = serde_json::to_string(
+        &load(&d2.path().join("a.toml"))
+            .unwrap()
+            .flattened()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(f1, f2);
     write(d2.path(), "f.conf", "changed");
-    let f3 = serde_json::to_string(&load(&d2.path().join("a.toml")).unwrap().flattened().unwrap()).unwrap();
-    assert_ne!(f1, f3, "a changed add-files source changes the flattened form");
+    let f3 = serde_json::to_string(
+        &load(&d2.path().join("a.toml"))
+            .unwrap()
+            .flattened()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(
+        f1, f3,
+        "a changed add-files source changes the flattened form"
+    );
 }
 
 #[test]

@@ -1,0 +1,464 @@
+//! Turn an installed Debian root into OSTree's layout, and back.
+//!
+//! Every file operation goes through a [`cap_std::fs::Dir`] opened on the root, so a symlink shipped
+//! in a package (say `/etc/foo -> /etc`) can never make cairn write outside the tree.
+//!
+//! The rules: kernel and initramfs in `/usr/lib/modules/$kver/`; `/etc` moved to `/usr/etc`; `/var`
+//! emptied, with a tmpfiles.d entry for every directory and symlink packages put there; the dpkg
+//! database kept at `/usr/lib/sysimage/dpkg`; `/home`, `/root`, `/opt`, `/srv`, `/mnt` as links
+//! into `/var`; no device nodes, machine-id, SSH host keys, apt lists, caches or logs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, MetadataExt, Permissions, PermissionsExt};
+
+/// Where the dpkg database lives in the commit.
+pub const DPKG_DB: &str = "usr/lib/sysimage/dpkg";
+/// The tmpfiles.d file cairn writes for `/var`.
+pub const VAR_TMPFILES: &str = "usr/lib/tmpfiles.d/cairn-var.conf";
+/// Unit that makes SSH host keys on first boot.
+const SSH_KEYGEN_UNIT: &str = "usr/lib/systemd/system/cairn-ssh-keygen.service";
+
+/// Open a root directory with capabilities confined to it.
+pub fn open_root(path: &Path) -> Result<Dir> {
+    Dir::open_ambient_dir(path, ambient_authority())
+        .with_context(|| format!("opening root {}", path.display()))
+}
+
+/// The kernel version installed in the root (exactly one is supported).
+pub fn kernel_version(root: &Dir) -> Result<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = root.read_dir("usr/lib/modules") {
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if root.exists(format!("boot/vmlinuz-{name}"))
+                || root.exists(format!("usr/lib/modules/{name}/vmlinuz"))
+            {
+                found.push(name);
+            }
+        }
+    }
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("no kernel in the tree: add a kernel package (e.g. linux-image-cloud-amd64) to `packages`"),
+        _ => bail!("more than one kernel in the tree ({}); keep one", found.join(", ")),
+    }
+}
+
+fn remove_any(root: &Dir, path: &str) -> Result<()> {
+    match root.symlink_metadata(path) {
+        Ok(m) if m.is_dir() => root
+            .remove_dir_all(path)
+            .with_context(|| format!("removing /{path}")),
+        Ok(_) => root
+            .remove_file(path)
+            .with_context(|| format!("removing /{path}")),
+        Err(_) => Ok(()),
+    }
+}
+
+fn empty_dir(root: &Dir, path: &str) -> Result<()> {
+    if let Ok(entries) = root.read_dir(path) {
+        for e in entries {
+            let e = e?;
+            remove_any(root, &format!("{path}/{}", e.file_name().to_string_lossy()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Convert an installed root to OSTree's layout.
+pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
+    let moddir = format!("usr/lib/modules/{kver}");
+    // Kernel and initramfs.
+    let vmlinuz = format!("{moddir}/vmlinuz");
+    if !root.exists(&vmlinuz) {
+        root.rename(format!("boot/vmlinuz-{kver}"), root, &vmlinuz)
+            .with_context(|| format!("moving the kernel to /{vmlinuz}"))?;
+    }
+    if !root.exists(format!("{moddir}/initramfs.img")) {
+        bail!("no initramfs at /{moddir}/initramfs.img");
+    }
+    empty_dir(root, "boot")?;
+    for l in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        remove_any(root, l)?;
+    }
+
+    // Host-specific and non-reproducible state.
+    for f in [
+        "etc/machine-id",
+        "var/lib/dbus/machine-id",
+        "etc/hostname",
+        "etc/passwd-",
+        "etc/group-",
+        "etc/shadow-",
+        "etc/gshadow-",
+        "etc/subuid-",
+        "etc/subgid-",
+        "etc/.pwd.lock",
+    ] {
+        remove_any(root, f)?;
+    }
+    root.write("etc/resolv.conf", b"")?;
+    if let Ok(entries) = root.read_dir("etc/ssh") {
+        for e in entries {
+            let n = e?.file_name().to_string_lossy().into_owned();
+            if n.starts_with("ssh_host_") {
+                remove_any(root, &format!("etc/ssh/{n}"))?;
+            }
+        }
+        if root.exists("usr/sbin/sshd") {
+            install_ssh_keygen(root)?;
+        }
+    }
+
+    // The dpkg database moves under /usr; everything else in /var becomes tmpfiles.d entries.
+    if root.exists("var/lib/dpkg") {
+        root.create_dir_all("usr/lib/sysimage")?;
+        remove_any(root, DPKG_DB)?;
+        root.rename("var/lib/dpkg", root, DPKG_DB)?;
+        // Drop dpkg's backup and lock files, which say nothing about the tree.
+        for f in [
+            "status-old",
+            "available-old",
+            "diversions-old",
+            "statoverride-old",
+            "lock",
+            "lock-frontend",
+            "triggers/Lock",
+        ] {
+            remove_any(root, &format!("{DPKG_DB}/{f}"))?;
+        }
+    }
+    for d in ["var/cache", "var/log", "var/lib/apt/lists", "var/tmp"] {
+        empty_dir(root, d)?;
+    }
+    let mut entries = Vec::new();
+    walk_var(root, Path::new("var"), &mut entries)?;
+    entries.push("L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg".to_string());
+    for (link, target, mode) in [
+        ("home", "var/home", 0o755),
+        ("root", "var/roothome", 0o700),
+        ("opt", "var/opt", 0o755),
+        ("srv", "var/srv", 0o755),
+        ("mnt", "var/mnt", 0o755),
+    ] {
+        if let Ok(m) = root.symlink_metadata(link) {
+            if m.is_dir() && root.read_dir(link)?.next().is_some() && link != "root" {
+                tracing::warn!("/{link} had content from packages; it is dropped (use /usr)");
+            }
+        }
+        remove_any(root, link)?;
+        root.symlink(target, link)?;
+        entries.push(format!("d /{target} {mode:04o} root root - -"));
+    }
+    remove_any(root, "media")?;
+    root.symlink("run/media", "media")?;
+    entries.sort();
+    entries.dedup();
+    remove_any(root, "var")?;
+    root.create_dir_all("var")?;
+    let mut conf =
+        String::from("# Made by cairn compose: what packages put into /var, recreated at boot.\n");
+    for e in &entries {
+        conf.push_str(e);
+        conf.push('\n');
+    }
+    root.create_dir_all("usr/lib/tmpfiles.d")?;
+    root.write(VAR_TMPFILES, conf)?;
+
+    // /etc → /usr/etc.
+    if root.exists("usr/etc") {
+        bail!("the tree already has /usr/etc; cannot move /etc there");
+    }
+    root.rename("etc", root, "usr/etc")?;
+
+    // API filesystems and mount points.
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        empty_dir(root, d)?;
+        root.create_dir_all(d)?;
+    }
+    root.set_permissions("tmp", Permissions::from_mode(0o1777))?;
+    root.create_dir_all("sysroot")?;
+    remove_any(root, "ostree")?;
+    root.symlink("sysroot/ostree", "ostree")?;
+    check_no_special_files(root, Path::new("."))?;
+    Ok(())
+}
+
+/// Record `/var` as tmpfiles.d lines: directories (with owner and mode) and symlinks.
+fn walk_var(root: &Dir, rel: &Path, out: &mut Vec<String>) -> Result<()> {
+    for e in root.read_dir(rel)? {
+        let e = e?;
+        let path = rel.join(e.file_name());
+        let m = root.symlink_metadata(&path)?;
+        let p = format!("/{}", path.display());
+        if p == "/var/lib/dpkg" {
+            continue;
+        }
+        if m.is_symlink() {
+            let target = root.read_link_contents(&path)?;
+            out.push(format!("L {p} - - - - {}", target.display()));
+        } else if m.is_dir() {
+            out.push(format!(
+                "d {p} {:04o} {} {} - -",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ));
+            walk_var(root, &path, out)?;
+        } else {
+            tracing::debug!("dropping {p} from /var (packages' /var content is not kept)");
+        }
+    }
+    Ok(())
+}
+
+fn check_no_special_files(root: &Dir, rel: &Path) -> Result<()> {
+    for e in root.read_dir(rel)? {
+        let e = e?;
+        let path = rel.join(e.file_name());
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            check_no_special_files(root, &path)?;
+        } else if !ft.is_file() && !ft.is_symlink() {
+            bail!(
+                "/{} is neither a file, a directory nor a symlink (OSTree cannot commit it); \
+                 remove it in a postprocess script",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn install_ssh_keygen(root: &Dir) -> Result<()> {
+    let unit = "[Unit]\n\
+        Description=Generate SSH host keys on first boot (cairn)\n\
+        Before=ssh.service\n\
+        ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key\n\n\
+        [Service]\n\
+        Type=oneshot\n\
+        ExecStart=/usr/bin/ssh-keygen -A\n\
+        RemainAfterExit=yes\n\n\
+        [Install]\n\
+        WantedBy=multi-user.target ssh.service\n";
+    root.create_dir_all("usr/lib/systemd/system")?;
+    root.write(SSH_KEYGEN_UNIT, unit)?;
+    for wants in [
+        "etc/systemd/system/multi-user.target.wants",
+        "etc/systemd/system/ssh.service.wants",
+    ] {
+        root.create_dir_all(wants)?;
+        let link = format!("{wants}/cairn-ssh-keygen.service");
+        remove_any(root, &link)?;
+        root.symlink(
+            "../../../../usr/lib/systemd/system/cairn-ssh-keygen.service",
+            &link,
+        )
+        .with_context(|| format!("enabling cairn-ssh-keygen.service in /{wants}"))?;
+    }
+    Ok(())
+}
+
+/// Undo [`to_ostree`] on a checkout, so that dpkg and apt can work on it again (for a layer that
+/// starts from its parent's commit).
+pub fn from_ostree(root: &Dir) -> Result<()> {
+    if root.exists("usr/etc") {
+        remove_any(root, "etc")?;
+        root.rename("usr/etc", root, "etc")?;
+    }
+    root.create_dir_all("var/lib")?;
+    if root.exists(DPKG_DB) {
+        root.rename(DPKG_DB, root, "var/lib/dpkg")?;
+    }
+    for d in [
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+        "var/lib/apt/lists/partial",
+        "var/tmp",
+    ] {
+        root.create_dir_all(d)?;
+    }
+    root.set_permissions("var/tmp", Permissions::from_mode(0o1777))?;
+    // Re-create what the tmpfiles.d entries describe, so maintainer scripts find it.
+    if let Ok(conf) = root.read_to_string(VAR_TMPFILES) {
+        for line in conf.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 2 && f[0] == "d" {
+                let p = f[1].trim_start_matches('/');
+                if !root.exists(p) {
+                    root.create_dir_all(p)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Append a line to a file in the root.
+pub fn append_line(root: &Dir, path: &str, line: &str) -> Result<()> {
+    let mut f = root
+        .open_with(
+            path,
+            cap_std::fs::OpenOptions::new().append(true).create(true),
+        )
+        .with_context(|| format!("opening /{path}"))?;
+    writeln!(f, "{line}")?;
+    Ok(())
+}
+
+/// Copy a host file into the root at `dest` (absolute), creating parent directories, keeping
+/// the executable bit.
+pub fn copy_into(root: &Dir, src: &Path, dest: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let rel = dest.trim_start_matches('/');
+    let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let mode = std::fs::metadata(src)?.permissions().mode();
+    if let Some(parent) = Path::new(rel).parent() {
+        if !parent.as_os_str().is_empty() {
+            root.create_dir_all(parent)?;
+        }
+    }
+    remove_any(root, rel)?;
+    root.write(rel, data)
+        .with_context(|| format!("writing {dest} in the tree"))?;
+    let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+    root.set_permissions(rel, Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Remove a path (relative or absolute) from the root; a missing path is fine.
+pub fn remove_path(root: &Dir, path: &str) -> Result<()> {
+    remove_any(root, path.trim_start_matches('/'))
+}
+
+/// Where a path in the original layout lives in the OSTree layout (for remove-files and the
+/// like, which users write with `/etc`).
+pub fn tree_path(p: &str) -> PathBuf {
+    PathBuf::from(p.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn fake_root() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for p in [
+            "boot",
+            "etc/ssh",
+            "usr/lib/modules/6.1.0-test",
+            "var/lib/dpkg/info",
+            "var/log/apt",
+            "var/cache/apt",
+            "var/lib/systemd",
+            "var/spool/cron",
+            "home",
+            "root",
+            "opt",
+            "srv",
+            "mnt",
+            "media",
+            "dev",
+            "proc",
+            "sys",
+            "run/lock",
+            "tmp",
+        ] {
+            fs::create_dir_all(r.join(p)).unwrap();
+        }
+        fs::write(r.join("boot/vmlinuz-6.1.0-test"), b"kernel").unwrap();
+        fs::write(
+            r.join("usr/lib/modules/6.1.0-test/initramfs.img"),
+            b"initrd",
+        )
+        .unwrap();
+        fs::write(r.join("etc/machine-id"), b"abc\n").unwrap();
+        fs::write(r.join("etc/hostname"), b"buildhost\n").unwrap();
+        fs::write(r.join("etc/ssh/ssh_host_ed25519_key"), b"secret").unwrap();
+        fs::write(r.join("var/lib/dpkg/status"), b"Package: x\n").unwrap();
+        fs::write(r.join("var/log/apt/history.log"), b"log").unwrap();
+        fs::write(r.join("root/.bashrc"), b"x").unwrap();
+        std::os::unix::fs::symlink("../run/lock", r.join("var/lock")).unwrap();
+        std::os::unix::fs::symlink("/etc/x", r.join("vmlinuz")).unwrap();
+        d
+    }
+
+    #[test]
+    fn converts_to_ostree_layout() {
+        let d = fake_root();
+        let root = open_root(d.path()).unwrap();
+        assert_eq!(kernel_version(&root).unwrap(), "6.1.0-test");
+        to_ostree(&root, "6.1.0-test").unwrap();
+        let r = d.path();
+        assert_eq!(
+            fs::read(r.join("usr/lib/modules/6.1.0-test/vmlinuz")).unwrap(),
+            b"kernel"
+        );
+        assert!(fs::read_dir(r.join("boot")).unwrap().next().is_none());
+        assert!(r.join("usr/etc").is_dir() && !r.join("etc").exists());
+        assert!(!r.join("usr/etc/machine-id").exists());
+        assert!(!r.join("usr/etc/hostname").exists());
+        assert!(!r.join("usr/etc/ssh/ssh_host_ed25519_key").exists());
+        assert!(
+            fs::read_dir(r.join("var")).unwrap().next().is_none(),
+            "/var is empty"
+        );
+        assert!(r.join("usr/lib/sysimage/dpkg/status").is_file());
+        for (l, t) in [
+            ("home", "var/home"),
+            ("root", "var/roothome"),
+            ("opt", "var/opt"),
+            ("ostree", "sysroot/ostree"),
+        ] {
+            assert_eq!(fs::read_link(r.join(l)).unwrap(), PathBuf::from(t), "{l}");
+        }
+        let tmpfiles = fs::read_to_string(r.join(VAR_TMPFILES)).unwrap();
+        assert!(tmpfiles.contains("d /var/spool/cron 0755"), "{tmpfiles}");
+        assert!(
+            tmpfiles.contains("L /var/lock - - - - ../run/lock"),
+            "{tmpfiles}"
+        );
+        assert!(tmpfiles.contains("d /var/roothome 0700"), "{tmpfiles}");
+        assert!(!tmpfiles.contains("history.log"));
+        assert!(!r.join("vmlinuz").exists());
+    }
+
+    #[test]
+    fn refuses_device_nodes_and_round_trips() {
+        let d = fake_root();
+        let root = open_root(d.path()).unwrap();
+        to_ostree(&root, "6.1.0-test").unwrap();
+        from_ostree(&root).unwrap();
+        assert!(d.path().join("etc").is_dir());
+        assert!(d.path().join("var/lib/dpkg/status").is_file());
+        assert!(d.path().join("var/spool/cron").is_dir());
+        // A fifo cannot be committed.
+        nix::unistd::mkfifo(&d.path().join("usr/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = check_no_special_files(&root, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/usr/fifo"), "{err}");
+    }
+
+    #[test]
+    fn copy_into_cannot_escape_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("usr")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("etc")).unwrap();
+        let src = d.path().join("src.conf");
+        fs::write(&src, b"x").unwrap();
+        let root = open_root(d.path()).unwrap();
+        assert!(copy_into(&root, &src, "/etc/evil.conf").is_err());
+        assert!(!outside.path().join("evil.conf").exists());
+    }
+}

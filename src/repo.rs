@@ -1,0 +1,232 @@
+//! The OSTree repository cairn writes commits into, through libostree.
+//!
+//! Commits are written in one transaction; the ref moves only when the transaction commits, so a
+//! compose killed at any moment leaves the ref where it was and a repository that passes
+//! `ostree fsck`.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::glib::prelude::*;
+
+use crate::apt::Package;
+
+/// Metadata keys cairn writes on every commit.
+pub mod keys {
+    pub const VERSION: &str = "version";
+    pub const BOOTABLE: &str = "ostree.bootable";
+    pub const LINUX: &str = "ostree.linux";
+    pub const INPUTHASH: &str = "cairn.inputhash";
+    pub const TREEFILE_DIGEST: &str = "cairn.treefile-digest";
+    pub const INDEX_DIGEST: &str = "cairn.index-digest";
+    pub const TREEFILE: &str = "cairn.treefile";
+    pub const PACKAGES: &str = "cairn.packages";
+    pub const SBOM: &str = "cairn.sbom.spdx";
+    pub const SOURCE_DATE_EPOCH: &str = "cairn.source-date-epoch";
+    pub const LAYER_PARENT: &str = "cairn.layer-parent";
+}
+
+/// Open the repository at `path`, creating it in `archive` mode when it does not exist.
+pub fn open_or_create(path: &Path) -> Result<ostree::Repo> {
+    let repo = ostree::Repo::new_for_path(path);
+    if path.join("config").exists() {
+        repo.open(gio::Cancellable::NONE)
+            .with_context(|| format!("opening OSTree repo {}", path.display()))?;
+    } else {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
+            .with_context(|| format!("creating OSTree repo {}", path.display()))?;
+    }
+    Ok(repo)
+}
+
+/// Open an existing repository.
+pub fn open(path: &Path) -> Result<ostree::Repo> {
+    if !path.join("config").exists() {
+        return Err(anyhow!(
+            "no OSTree repo at {} (compose something first, or pass --repo)",
+            path.display()
+        ));
+    }
+    let repo = ostree::Repo::new_for_path(path);
+    repo.open(gio::Cancellable::NONE)
+        .with_context(|| format!("opening OSTree repo {}", path.display()))?;
+    Ok(repo)
+}
+
+/// The commit a ref (or a commit checksum) names, if the ref exists.
+pub fn resolve_opt(repo: &ostree::Repo, rev: &str) -> Result<Option<String>> {
+    Ok(repo
+        .resolve_rev(rev, true)
+        .with_context(|| format!("resolving {rev}"))?
+        .map(|s| s.to_string()))
+}
+
+/// The commit a ref or commit checksum names; an error naming `rev` when there is none.
+pub fn resolve(repo: &ostree::Repo, rev: &str) -> Result<String> {
+    resolve_opt(repo, rev)?.ok_or_else(|| anyhow!("no ref or commit {rev} in the repo"))
+}
+
+/// What cairn reads back from a commit.
+#[derive(Clone)]
+pub struct CommitInfo {
+    pub checksum: String,
+    pub timestamp: u64,
+    pub subject: String,
+    pub metadata: glib::VariantDict,
+}
+
+impl CommitInfo {
+    pub fn string(&self, key: &str) -> Option<String> {
+        self.metadata.lookup::<String>(key).ok().flatten()
+    }
+
+    pub fn version(&self) -> Option<String> {
+        self.string(keys::VERSION)
+    }
+
+    /// The package list stored with the commit.
+    pub fn packages(&self) -> Vec<Package> {
+        let v: Option<Vec<(String, String, String, String)>> =
+            self.metadata.lookup(keys::PACKAGES).ok().flatten();
+        v.unwrap_or_default()
+            .into_iter()
+            .map(|(name, version, arch, sha256)| Package {
+                name,
+                version,
+                arch,
+                sha256,
+            })
+            .collect()
+    }
+}
+
+/// Load a commit's metadata.
+pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
+    let (commit, _) = repo
+        .load_commit(checksum)
+        .with_context(|| format!("loading commit {checksum}"))?;
+    let meta = commit.child_value(0);
+    let subject: String = commit.child_value(3).get().unwrap_or_default();
+    let timestamp = u64::from_be(commit.child_value(5).get::<u64>().unwrap_or(0));
+    Ok(CommitInfo {
+        checksum: checksum.to_string(),
+        timestamp,
+        subject,
+        metadata: glib::VariantDict::new(Some(&meta)),
+    })
+}
+
+/// Everything a commit is written with.
+pub struct NewCommit<'a> {
+    pub root: &'a Path,
+    pub ref_: &'a str,
+    pub parent: Option<&'a str>,
+    pub subject: &'a str,
+    pub metadata: glib::Variant,
+    pub timestamp: u64,
+}
+
+/// Commit the directory `c.root` and move `c.ref_` to it, in one transaction.
+pub fn write_commit(repo: &ostree::Repo, c: &NewCommit) -> Result<String> {
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .context("starting an OSTree transaction")?;
+    let result = (|| -> Result<String> {
+        let mtree = ostree::MutableTree::new();
+        let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
+        repo.write_directory_to_mtree(
+            &gio::File::for_path(c.root),
+            &mtree,
+            Some(&modifier),
+            gio::Cancellable::NONE,
+        )
+        .with_context(|| format!("writing {} into the repo", c.root.display()))?;
+        let root = repo
+            .write_mtree(&mtree, gio::Cancellable::NONE)
+            .context("writing the tree")?;
+        let root = root
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
+        let checksum = repo
+            .write_commit_with_time(
+                c.parent,
+                Some(c.subject),
+                None,
+                Some(&c.metadata),
+                &root,
+                c.timestamp,
+                gio::Cancellable::NONE,
+            )
+            .context("writing the commit")?;
+        repo.transaction_set_ref(None, c.ref_, Some(checksum.as_str()));
+        repo.commit_transaction(gio::Cancellable::NONE)
+            .context("committing the OSTree transaction")?;
+        Ok(checksum.to_string())
+    })();
+    if result.is_err() {
+        let _ = repo.abort_transaction(gio::Cancellable::NONE);
+    }
+    result
+}
+
+/// Check out `commit` into `dest` (which must not exist), as files owned as in the commit.
+pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &Path) -> Result<()> {
+    let opts = ostree::RepoCheckoutAtOptions {
+        mode: ostree::RepoCheckoutMode::None,
+        ..Default::default()
+    };
+    repo.checkout_at(
+        Some(&opts),
+        libc_at_fdcwd(),
+        dest,
+        commit,
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("checking out {commit} into {}", dest.display()))
+}
+
+fn libc_at_fdcwd() -> i32 {
+    nix::libc::AT_FDCWD
+}
+
+/// Build the `a{sv}` metadata dictionary.
+pub struct MetaBuilder {
+    dict: glib::VariantDict,
+}
+
+impl Default for MetaBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetaBuilder {
+    pub fn new() -> Self {
+        Self {
+            dict: glib::VariantDict::new(None),
+        }
+    }
+    pub fn insert<T: ToVariant>(&self, key: &str, v: T) -> &Self {
+        self.dict.insert_value(key, &v.to_variant());
+        self
+    }
+    pub fn packages(&self, pkgs: &[Package]) -> &Self {
+        let v: Vec<(String, String, String, String)> = pkgs
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.version.clone(),
+                    p.arch.clone(),
+                    p.sha256.clone(),
+                )
+            })
+            .collect();
+        self.insert(keys::PACKAGES, v)
+    }
+    pub fn end(&self) -> glib::Variant {
+        self.dict.end()
+    }
+}
