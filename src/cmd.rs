@@ -5,6 +5,7 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -99,6 +100,15 @@ impl Cmd {
 
     fn run_unchecked(mut self) -> Result<(std::process::ExitStatus, Output, String)> {
         tracing::debug!(cmd = %self.display, "running");
+        // The child dies with cairn, so a killed compose leaves no mmdebstrap or dracut running
+        // on into the next one's work tree.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            self.inner.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
         let mut child = self
             .inner
             .stdin(Stdio::null())

@@ -20,7 +20,6 @@ pub mod keys {
     pub const LINUX: &str = "ostree.linux";
     pub const INPUTHASH: &str = "cairn.inputhash";
     pub const TREEFILE_DIGEST: &str = "cairn.treefile-digest";
-    pub const INDEX_DIGEST: &str = "cairn.index-digest";
     pub const TREEFILE: &str = "cairn.treefile";
     pub const PACKAGES: &str = "cairn.packages";
     pub const SBOM: &str = "cairn.sbom.spdx";

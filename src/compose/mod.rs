@@ -224,8 +224,11 @@ fn check_indexes(ctx: &mut Ctx) -> Result<Option<ComposeResult>> {
     }
     if !ctx.opts.force {
         if let Some(prev) = &ctx.previous {
+            let state = IndexNote::read(&ctx.opts.repo, &ctx.tf.ref_);
             if prev.string(keys::TREEFILE_DIGEST).as_deref() == Some(ctx.treefile_digest.as_str())
-                && prev.string(keys::INDEX_DIGEST).as_deref() == Some(ctx.index_digest.as_str())
+                && state.as_ref().is_some_and(|s| {
+                    s.commit == prev.checksum && s.index_digest == ctx.index_digest
+                })
             {
                 tracing::info!("{}: inputs unchanged, nothing to do", ctx.tf.ref_);
                 return Ok(Some(skipped(ctx, prev)));
@@ -355,6 +358,12 @@ fn check_inputhash(ctx: &Ctx) -> Result<Option<ComposeResult>> {
     if let Some(prev) = &ctx.previous {
         if prev.string(keys::INPUTHASH).as_deref() == Some(ctx.inputhash.as_str()) {
             tracing::info!("{}: input hash unchanged, nothing to do", ctx.tf.ref_);
+            IndexNote::write(
+                &ctx.opts.repo,
+                &ctx.tf.ref_,
+                &prev.checksum,
+                &ctx.index_digest,
+            );
             return Ok(Some(skipped(ctx, prev)));
         }
     }
@@ -493,7 +502,6 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         .insert(keys::LINUX, ctx.kver.as_str())
         .insert(keys::INPUTHASH, ctx.inputhash.as_str())
         .insert(keys::TREEFILE_DIGEST, ctx.treefile_digest.as_str())
-        .insert(keys::INDEX_DIGEST, ctx.index_digest.as_str())
         .insert(keys::TREEFILE, ctx.treefile_json.as_str())
         .insert(keys::SOURCE_DATE_EPOCH, ctx.epoch)
         .insert(keys::SBOM, serde_json::to_string(&spdx)?.as_str())
@@ -522,6 +530,7 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         },
     )?;
     ph.done(&checksum[..12]);
+    IndexNote::write(&ctx.opts.repo, &ctx.tf.ref_, &checksum, &ctx.index_digest);
     ctx.work = None;
     Ok(ComposeResult {
         ref_: ctx.tf.ref_.clone(),
@@ -533,6 +542,50 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         layer_parent: ctx.parent_commit.clone(),
         seconds: ctx.start.elapsed().as_secs_f64(),
     })
+}
+
+/// What the package indexes were when a ref's commit was last found current: the cheap no-op
+/// check's memory. It lives beside the repo, not in the commit, so that the commit holds only
+/// what determines its content (a compose from a lockfile then gives the same checksum).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct IndexNote {
+    commit: String,
+    index_digest: String,
+}
+
+impl IndexNote {
+    fn path(repo: &Path, ref_: &str) -> PathBuf {
+        repo.join("cairn-index-state")
+            .join(format!("{}.json", work_name(ref_)))
+    }
+
+    fn read(repo: &Path, ref_: &str) -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path(repo, ref_)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Best effort: losing it only costs the next no-op an apt resolution.
+    fn write(repo: &Path, ref_: &str, commit: &str, index_digest: &str) {
+        let path = Self::path(repo, ref_);
+        let note = Self {
+            commit: commit.to_string(),
+            index_digest: index_digest.to_string(),
+        };
+        let r = (|| -> Result<()> {
+            let dir = path.parent().ok_or_else(|| anyhow!("no parent"))?;
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer(&mut tmp, &note)?;
+            tmp.persist(&path)?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::warn!(
+                "could not record the index state in {}: {e:#}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// The lockfile for a finished compose: every package of the commit on `ref_`.

@@ -209,9 +209,8 @@ pub fn configure(
             .with_context(|| format!("{}: key `remove-files`", r.origin))?;
     }
     for u in &layer.units {
-        in_tree(Cmd::new("systemctl"), epoch)
-            .arg(format!("--root={}", root_path.display()))
-            .args(["enable", &u.value])
+        in_tree(chroot(root_path), epoch)
+            .args(["systemctl", "enable", &u.value])
             .run()
             .with_context(|| format!("{}: key `units`: enabling {}", u.origin, u.value))?;
     }
@@ -227,9 +226,8 @@ pub fn finish(
     epoch: i64,
 ) -> Result<()> {
     if let Some(t) = &tf.default_target {
-        in_tree(Cmd::new("systemctl"), epoch)
-            .arg(format!("--root={}", root_path.display()))
-            .args(["set-default", t])
+        in_tree(chroot(root_path), epoch)
+            .args(["systemctl", "set-default", t])
             .run()
             .with_context(|| format!("{}: key `default-target`: {t}", tf.path.display()))?;
     }

@@ -1,0 +1,81 @@
+//! Fast command-line tests: bad treefiles fail with one clear error and touch no repo.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+
+fn cairn() -> Command {
+    Command::cargo_bin("cairn").unwrap()
+}
+
+fn compose_err(dir: &Path, treefile: &str) -> String {
+    let out = cairn()
+        .arg("compose")
+        .arg(dir.join(treefile))
+        .arg("--repo")
+        .arg(dir.join("repo"))
+        .arg("--cache")
+        .arg(dir.join("cache"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "compose of {treefile} should fail");
+    assert!(
+        !dir.join("repo").exists(),
+        "a failed compose must not create the repo"
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn bad_treefiles_name_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("unknown-key.toml", "ref = \"a/b\"\nreleasever = \"bookworm\"\nbogus = 1\n", "bogus"),
+        ("bad-toml.toml", "ref = \"a/b\"\npackages = [\n", "line"),
+        ("bad-dest.toml", "ref = \"a/b\"\nreleasever = \"bookworm\"\nadd-files = [[\"unknown-key.toml\", \"/opt/x\"]]\n", "bad-dest.toml:3"),
+        ("missing-src.toml", "ref = \"a/b\"\nreleasever = \"bookworm\"\nadd-files = [[\"nope\", \"/etc/x\"]]\n", "missing-src.toml:3"),
+        ("cycle-a.toml", "include = [\"cycle-b.toml\"]\nref = \"a/b\"\nreleasever = \"bookworm\"\n", "include cycle"),
+        ("cycle-b.toml", "include = [\"cycle-a.toml\"]\n", "include cycle"),
+        ("missing-include.toml", "include = [\"nope.toml\"]\nref = \"a/b\"\nreleasever = \"bookworm\"\n", "nope.toml"),
+    ];
+    for (name, body, _) in &cases {
+        std::fs::write(d.path().join(name), body).unwrap();
+    }
+    for (name, _, want) in &cases {
+        let err = compose_err(d.path(), name);
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(
+            err.contains(name) || err.contains("cycle"),
+            "{name}: error names the file: {err}"
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{name}: one error: {err}"
+        );
+    }
+}
+
+#[test]
+fn shipped_treefiles_parse() {
+    // Parsing needs no root and no network; a broken shipped treefile fails here first.
+    for t in ["base", "blessed", "app-example"] {
+        let tf = cairn::treefile::load(Path::new(&format!("treefiles/{t}.toml"))).unwrap();
+        assert!(tf.ref_.starts_with("cairn/"), "{t}");
+    }
+    let app = cairn::treefile::load(Path::new("treefiles/app-example.toml")).unwrap();
+    let blessed = app.parent.as_ref().unwrap();
+    assert!(blessed.parent.is_some(), "app-example → blessed → base");
+}
+
+#[test]
+fn diff_and_sbom_need_a_repo() {
+    let d = tempfile::tempdir().unwrap();
+    let out = cairn()
+        .args(["sbom", "cairn/amd64/base", "--repo"])
+        .arg(d.path().join("none"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no OSTree repo"));
+}
