@@ -322,6 +322,8 @@ pub fn initramfs(tf_args: &[String], root_path: &Path, kver: &str, epoch: i64) -
             "--add",
             "ostree",
         ])
+        // dracut's default gzip -9 takes about seven times as long as -6 for a file 1 % smaller.
+        .args(["--compress", "gzip -n -6"])
         .args(tf_args)
         .arg(format!("/usr/lib/modules/{kver}/initramfs.img"))
         .arg(kver)
