@@ -10,7 +10,12 @@ command -v sfdisk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -
 cargo build --release -q
 bin=$PWD/target/release/cairn
 w=${1:-/var/tmp/cairn-bench}
-rm -rf "$w"; mkdir -p "$w"
+# ostree marks deployment roots immutable; clear that before removing a tree.
+clean() {
+  find "$1" -maxdepth 8 -path '*/ostree/deploy/*/deploy/*' -type d -exec chattr -i {} + 2>/dev/null || true
+  rm -rf "$1"
+}
+clean "$w"; mkdir -p "$w"
 unset SOURCE_DATE_EPOCH
 
 # seconds COMMAND...: run quietly, print the wall time.
@@ -27,7 +32,7 @@ echo "by-hand pipeline ($peer)..." >&2
 bash "$peer" "$w/byhand" >"$w/byhand.txt"
 byhand_compose=$(awk '$1=="step" && ($2=="mmdebstrap"||$2=="dracut"||$2=="layout"||$2=="commit") {s+=$3} END {printf "%.2f", s}' "$w/byhand.txt")
 byhand_total=$(awk '$1=="total" {print $2}' "$w/byhand.txt")
-rm -rf "$w/byhand"
+clean "$w/byhand"
 
 echo "cairn cold (empty repo and package cache)..." >&2
 cold=$(seconds "$bin" compose treefiles/base.toml --repo "$w/r1" --cache "$w/cache")

@@ -114,6 +114,8 @@ struct Ctx<'a> {
     inputhash: String,
     version: String,
     kver: String,
+    /// For a layer: when the parent's checkout was complete.
+    checked_out_at: i128,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -153,6 +155,7 @@ fn compose_one(
         inputhash: String::new(),
         version: String::new(),
         kver: String::new(),
+        checked_out_at: 0,
     };
     if let Some(done) = check_indexes(&mut ctx)? {
         return Ok(done);
@@ -259,7 +262,7 @@ fn prepare_parent(ctx: &mut Ctx) -> Result<()> {
     let r = repo::open(&ctx.opts.repo)?;
     let work = TempTree::new_in(&ctx.opts.cache.join("tmp"), &work_name(&ctx.tf.ref_))?;
     let root = work.path().join("root");
-    repo::checkout(&r, parent, &root)?;
+    ctx.checked_out_at = repo::checkout(&r, parent, &root)?;
     layout::from_ostree(&layout::open_root(&root)?)?;
     let info = repo::commit_info(&r, parent)?;
     ctx.packages = info.packages();
@@ -522,6 +525,10 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         &r,
         &repo::NewCommit {
             root: &root_path(ctx)?,
+            base: ctx.parent_commit.as_deref().map(|commit| repo::Base {
+                commit,
+                checked_out_at: ctx.checked_out_at,
+            }),
             ref_: &ctx.tf.ref_,
             parent: ctx.previous.as_ref().map(|p| p.checksum.as_str()),
             subject: &subject,

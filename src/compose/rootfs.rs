@@ -43,24 +43,34 @@ pub fn bootstrap(
         .canonicalize()
         .context("resolving the package cache path")?;
     let q = |p: &Path| crate::cmd::shell_quote(&p.display().to_string());
-    // mmdebstrap wants the .debs visible inside the chroot at their host path: the setup hook
-    // hardlinks (or, across filesystems, copies) them there, noting the shallowest directory it
-    // had to create, and the customize hook removes exactly that directory again.
+    // mmdebstrap wants the .debs visible inside the chroot at their host path. The setup hook
+    // notes every directory it has to create for them (deepest first), then hardlinks (or, across
+    // filesystems, copies) them there; the customize hook removes exactly those files, and each
+    // noted directory that is empty and that no package owns.
     let note = root
         .parent()
         .ok_or_else(|| anyhow::anyhow!("internal: root has no parent"))?
-        .join("debs-top");
+        .join("debs-dirs");
     let files: Vec<String> = pkgs.iter().map(|p| q(&apt.deb_path(p))).collect();
     let setup = format!(
-        "set -e; d={d}; top=$d; \
-         while [ \"$(dirname \"$top\")\" != / ] && [ ! -e \"$1$(dirname \"$top\")\" ]; do top=$(dirname \"$top\"); done; \
-         printf %s \"$top\" > {note}; mkdir -p \"$1$d\"; \
-         cp -al {f} \"$1$d/\" 2>/dev/null || cp -a {f} \"$1$d/\"",
+        "set -e; d={d}; : > {note}; x=$d; \
+         while [ ! -e \"$1$x\" ]; do printf '%s\\n' \"$x\" >> {note}; x=$(dirname \"$x\"); done; \
+         mkdir -p \"$1$d\"; cp -al {f} \"$1$d/\" 2>/dev/null || cp -a {f} \"$1$d/\"",
         d = q(&debs),
         note = q(&note),
         f = files.join(" ")
     );
-    let cleanup = format!("rm -rf \"$1$(cat {note})\"", note = q(&note));
+    let inside: Vec<String> = pkgs
+        .iter()
+        .map(|p| format!("\"$1\"{}", q(&debs.join(p.deb_file_name()))))
+        .collect();
+    let cleanup = format!(
+        "rm -f {inside}; while read -r x; do \
+         grep -qxF \"$x\" \"$1\"/var/lib/dpkg/info/*.list 2>/dev/null || rmdir \"$1$x\" 2>/dev/null || true; \
+         done < {note}",
+        inside = inside.join(" "),
+        note = q(&note)
+    );
     let mut cmd = Cmd::new("mmdebstrap")
         .args([
             "--mode=root",
