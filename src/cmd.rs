@@ -81,6 +81,23 @@ impl Cmd {
         &self.display
     }
 
+    /// The command line for an error message: long ones (mmdebstrap with 200 packages) are cut.
+    fn short_display(&self) -> String {
+        const MAX: usize = 300;
+        if self.display.len() <= MAX {
+            return self.display.clone();
+        }
+        let mut end = MAX;
+        while !self.display.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!(
+            "{} … ({} characters)",
+            &self.display[..end],
+            self.display.len()
+        )
+    }
+
     /// Run to completion, capturing stdout and stderr; a non-zero exit is an error carrying the
     /// tail of stderr.
     pub fn run(self) -> Result<Output> {
@@ -100,11 +117,14 @@ impl Cmd {
 
     fn run_unchecked(mut self) -> Result<(std::process::ExitStatus, Output, String)> {
         tracing::debug!(cmd = %self.display, "running");
-        // The child dies with cairn, so a killed compose leaves no mmdebstrap or dracut running
-        // on into the next one's work tree.
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // The child leads a process group of its own, so that an interrupt can stop it with all
+        // its descendants, and it dies with cairn, so a killed compose leaves no mmdebstrap or
+        // dracut running on into the next one's work tree.
+        // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the parent.
         unsafe {
             self.inner.pre_exec(|| {
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                    .map_err(std::io::Error::from)?;
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                     .map_err(std::io::Error::from)
             });
@@ -116,23 +136,46 @@ impl Cmd {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("could not start `{}`", self.display))?;
-        // Read stderr on a thread so that neither pipe can fill up and block the child.
-        let mut stderr_pipe = child.stderr.take();
-        let err_thread = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(p) = stderr_pipe.as_mut() {
-                let _ = p.read_to_end(&mut buf);
+        // Read both pipes on threads so that neither can fill up and block the child, while this
+        // thread watches for the child's end or an interrupt.
+        let reader = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out_thread = reader(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err_thread = reader(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let status = loop {
+            if let Some(st) = child
+                .try_wait()
+                .with_context(|| format!("waiting for `{}`", self.display))?
+            {
+                break st;
             }
-            buf
-        });
-        let mut stdout = Vec::new();
-        if let Some(mut p) = child.stdout.take() {
-            p.read_to_end(&mut stdout)
-                .with_context(|| format!("reading the output of `{}`", self.display))?;
-        }
-        let status = child
-            .wait()
-            .with_context(|| format!("waiting for `{}`", self.display))?;
+            if crate::interrupt::requested() {
+                stop(&mut child);
+                let _ = out_thread.join();
+                let _ = err_thread.join();
+                return Err(crate::interrupt::Interrupted)
+                    .with_context(|| format!("stopped `{}`", self.short_display()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let stdout = out_thread.join().unwrap_or_default();
         let stderr = err_thread.join().unwrap_or_default();
         Ok((
             status,
@@ -140,9 +183,25 @@ impl Cmd {
                 stdout: String::from_utf8_lossy(&stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&stderr).into_owned(),
             },
-            self.display,
+            self.short_display(),
         ))
     }
+}
+
+/// Ask a child's process group to stop (SIGTERM, so mmdebstrap can unmount), then kill the
+/// group after a grace period, so that no descendant keeps running or holds the output pipes.
+fn stop(child: &mut std::process::Child) {
+    use nix::sys::signal::{killpg, Signal};
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = killpg(pgid, Signal::SIGTERM);
+    for _ in 0..100 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait();
 }
 
 /// The error text for a failed command: what ran, how it ended, and the tail of its stderr.
@@ -202,6 +261,17 @@ mod tests {
     fn missing_program_is_named() {
         let err = Cmd::new("/nonexistent/prog").run().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/prog"), "{err}");
+    }
+
+    #[test]
+    fn long_commands_are_cut_in_errors() {
+        let long = "x".repeat(1000);
+        let err = Cmd::new("sh")
+            .args(["-c", "exit 1", &long])
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("characters)") && err.len() < 500, "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod apt;
 pub mod cmd;
 pub mod compose;
 pub mod diff;
+pub mod interrupt;
 pub mod lockfile;
 pub mod progress;
 pub mod repo;

@@ -188,6 +188,11 @@ fn run_sbom(a: SbomArgs) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let verbose = cli.verbose;
+    if let Err(e) = cairn::interrupt::install() {
+        eprintln!("error: cannot catch signals: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let r = match cli.command {
         Command::Compose(a) => run_compose(a),
         Command::Diff(a) => run_diff(a),
@@ -196,7 +201,8 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if std::env::var_os("CAIRN_DEBUG_ERRORS").is_some() {
+            if verbose > 0 {
+                // The whole chain, with a backtrace when RUST_BACKTRACE=1.
                 eprintln!("{e:?}");
             }
             eprintln!("error: {e:#}");

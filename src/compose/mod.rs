@@ -160,17 +160,22 @@ fn compose_one(
     if let Some(done) = check_indexes(&mut ctx)? {
         return Ok(done);
     }
+    crate::interrupt::check()?;
     prepare_parent(&mut ctx)?;
+    crate::interrupt::check()?;
     resolve(&mut ctx)?;
     if let Some(done) = check_inputhash(&ctx)? {
         return Ok(done);
     }
+    // The flat list of steps; each skips itself when it has nothing to do.
+    let steps: [fn(&mut Ctx) -> Result<()>; 5] =
+        [download, install, configure, initramfs, finish_layout];
     let result = (|| {
-        download(&mut ctx)?;
-        install(&mut ctx)?;
-        configure(&mut ctx)?;
-        initramfs(&mut ctx)?;
-        finish_layout(&mut ctx)?;
+        for step in steps {
+            crate::interrupt::check()?;
+            step(&mut ctx)?;
+        }
+        crate::interrupt::check()?;
         commit(&mut ctx)
     })();
     if result.is_err() && opts.keep_failed {
