@@ -61,6 +61,9 @@ struct ComposeArgs {
     /// Keep the work tree of a failed compose (under the cache's tmp/).
     #[arg(long)]
     keep_failed: bool,
+    /// Build on disk under the cache even when there is memory for a tmpfs.
+    #[arg(long)]
+    no_tmpfs: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -119,6 +122,7 @@ fn run_compose(a: ComposeArgs) -> Result<()> {
         force: a.force,
         source_date_epoch: epoch,
         keep_failed: a.keep_failed,
+        tmpfs: !a.no_tmpfs,
     };
     let progress = Progress::new(a.json);
     let results = compose::compose(&tf, &opts, &progress)?;

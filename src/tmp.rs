@@ -31,6 +31,21 @@ impl TempTree {
         Ok(Self { path, keep: false })
     }
 
+    /// Like [`TempTree::new_in`], with a private tmpfs of `size` bytes mounted on the directory:
+    /// dpkg, dracut and the commit then work in memory. Unmounted and removed on drop.
+    pub fn new_tmpfs_in(parent: &Path, name: &str, size: u64) -> Result<Self> {
+        let t = Self::new_in(parent, name)?;
+        mount(
+            Some("tmpfs"),
+            &t.path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", t.path.display()))?;
+        Ok(t)
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -139,6 +154,14 @@ impl Drop for ChrootMounts {
     }
 }
 
+/// Bytes of memory available now (`MemAvailable`), if known.
+pub fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +184,19 @@ mod tests {
         std::fs::write(parent.path().join("work/old"), b"x").unwrap();
         let t = TempTree::new_in(parent.path(), "work").unwrap();
         assert!(!t.path().join("old").exists());
+    }
+
+    #[test]
+    fn tmpfs_tree_is_unmounted_and_removed() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = {
+            let t = TempTree::new_tmpfs_in(parent.path(), "work", 16 << 20).unwrap();
+            assert_eq!(mounts_below(t.path()).unwrap().len(), 1);
+            std::fs::write(t.path().join("f"), b"x").unwrap();
+            t.path().to_path_buf()
+        };
+        assert!(!p.exists());
+        assert!(mounts_below(parent.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -42,6 +42,23 @@ pub struct ComposeOpts {
     pub source_date_epoch: Option<i64>,
     /// Keep the work tree of a failed compose for inspection.
     pub keep_failed: bool,
+    /// Build in a private tmpfs when there is memory for it (the default), else on disk.
+    pub tmpfs: bool,
+}
+
+/// What a work tree may take in memory: a base host is about 0.5 GB; layers add little.
+const TMPFS_SIZE: u64 = 6 << 30;
+
+/// A fresh work tree for `ref_`: on a tmpfs when allowed and at least twice its size is free.
+fn work_tree(opts: &ComposeOpts, ref_: &str) -> Result<TempTree> {
+    let parent = opts.cache.join("tmp");
+    let name = work_name(ref_);
+    let fits = crate::tmp::memory_available().is_some_and(|m| m >= 2 * TMPFS_SIZE);
+    if opts.tmpfs && fits {
+        TempTree::new_tmpfs_in(&parent, &name, TMPFS_SIZE)
+    } else {
+        TempTree::new_in(&parent, &name)
+    }
 }
 
 /// What a compose did, for people and for `--json`.
@@ -265,7 +282,7 @@ fn prepare_parent(ctx: &mut Ctx) -> Result<()> {
     };
     let ph = ctx.progress.phase("checkout", "parent layer");
     let r = repo::open(&ctx.opts.repo)?;
-    let work = TempTree::new_in(&ctx.opts.cache.join("tmp"), &work_name(&ctx.tf.ref_))?;
+    let work = work_tree(ctx.opts, &ctx.tf.ref_)?;
     let root = work.path().join("root");
     ctx.checked_out_at = repo::checkout(&r, parent, &root)?;
     layout::from_ostree(&layout::open_root(&root)?)?;
@@ -408,7 +425,7 @@ fn install(ctx: &mut Ctx) -> Result<()> {
     if ctx.parent_commit.is_some() {
         rootfs::install_layer(apt, &ctx.new_packages, &root_path(ctx)?, ctx.epoch)?;
     } else {
-        let work = TempTree::new_in(&ctx.opts.cache.join("tmp"), &work_name(&ctx.tf.ref_))?;
+        let work = work_tree(ctx.opts, &ctx.tf.ref_)?;
         let root = work.path().join("root");
         ctx.work = Some(work);
         rootfs::bootstrap(ctx.tf, apt, &ctx.new_packages, &root, ctx.epoch)?;
