@@ -8,8 +8,7 @@
 //! database kept at `/usr/lib/sysimage/dpkg`; `/home`, `/root`, `/opt`, `/srv`, `/mnt` as links
 //! into `/var`; no device nodes, machine-id, SSH host keys, apt lists, caches or logs.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
@@ -138,25 +137,33 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
     for d in ["var/cache", "var/log", "var/lib/apt/lists", "var/tmp"] {
         empty_dir(root, d)?;
     }
-    let mut entries = Vec::new();
-    walk_var(root, Path::new("var"), &mut entries)?;
-    entries.push("L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg".to_string());
-    for (link, target, mode) in [
+    // /home, /root, /opt, /srv and /mnt become links into /var; what packages or `useradd`
+    // put there moves along, so that its directories are recreated at boot like the rest of /var.
+    const INTO_VAR: [(&str, &str, u32); 5] = [
         ("home", "var/home", 0o755),
         ("root", "var/roothome", 0o700),
         ("opt", "var/opt", 0o755),
         ("srv", "var/srv", 0o755),
         ("mnt", "var/mnt", 0o755),
-    ] {
-        if let Ok(m) = root.symlink_metadata(link) {
-            if m.is_dir() && root.read_dir(link)?.next().is_some() && link != "root" {
-                tracing::warn!("/{link} had content from packages; it is dropped (use /usr)");
+    ];
+    for (link, target, mode) in INTO_VAR {
+        match root.symlink_metadata(link) {
+            Ok(m) if m.is_dir() && !root.exists(target) => {
+                root.rename(link, root, target)
+                    .with_context(|| format!("moving /{link} to /{target}"))?;
             }
+            Ok(_) => remove_any(root, link)?,
+            Err(_) => {}
         }
-        remove_any(root, link)?;
+        if !root.exists(target) {
+            root.create_dir_all(target)?;
+            root.set_permissions(target, Permissions::from_mode(mode))?;
+        }
         root.symlink(target, link)?;
-        entries.push(format!("d /{target} {mode:04o} root root - -"));
     }
+    let mut entries = Vec::new();
+    walk_var(root, Path::new("var"), &mut entries)?;
+    entries.push("L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg".to_string());
     remove_any(root, "media")?;
     root.symlink("run/media", "media")?;
     entries.sort();
@@ -301,18 +308,6 @@ pub fn from_ostree(root: &Dir) -> Result<()> {
     Ok(())
 }
 
-/// Append a line to a file in the root.
-pub fn append_line(root: &Dir, path: &str, line: &str) -> Result<()> {
-    let mut f = root
-        .open_with(
-            path,
-            cap_std::fs::OpenOptions::new().append(true).create(true),
-        )
-        .with_context(|| format!("opening /{path}"))?;
-    writeln!(f, "{line}")?;
-    Ok(())
-}
-
 /// Copy a host file into the root at `dest` (absolute), creating parent directories, keeping
 /// the executable bit.
 pub fn copy_into(root: &Dir, src: &Path, dest: &str) -> Result<()> {
@@ -338,16 +333,11 @@ pub fn remove_path(root: &Dir, path: &str) -> Result<()> {
     remove_any(root, path.trim_start_matches('/'))
 }
 
-/// Where a path in the original layout lives in the OSTree layout (for remove-files and the
-/// like, which users write with `/etc`).
-pub fn tree_path(p: &str) -> PathBuf {
-    PathBuf::from(p.trim_start_matches('/'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::PathBuf;
 
     fn fake_root() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

@@ -200,6 +200,9 @@ pub fn configure(
         }
         if u.system {
             c = c.arg("--system");
+        } else {
+            // Under /home, which becomes /var/home: recreated at boot from tmpfiles.d.
+            c = c.arg("--create-home");
         }
         // No password: the account is locked until provisioning gives it a key.
         in_tree(c.arg(&u.name), epoch).run().with_context(|| {
