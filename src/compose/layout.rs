@@ -377,6 +377,12 @@ mod tests {
         fs::write(r.join("var/lib/dpkg/status"), b"Package: x\n").unwrap();
         fs::write(r.join("var/log/apt/history.log"), b"log").unwrap();
         fs::write(r.join("root/.bashrc"), b"x").unwrap();
+        fs::set_permissions(
+            r.join("root"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        fs::create_dir_all(r.join("home/ops")).unwrap();
         std::os::unix::fs::symlink("../run/lock", r.join("var/lock")).unwrap();
         std::os::unix::fs::symlink("/etc/x", r.join("vmlinuz")).unwrap();
         d
@@ -418,6 +424,10 @@ mod tests {
             "{tmpfiles}"
         );
         assert!(tmpfiles.contains("d /var/roothome 0700"), "{tmpfiles}");
+        assert!(
+            tmpfiles.contains("d /var/home/ops 0755"),
+            "homes move along: {tmpfiles}"
+        );
         assert!(!tmpfiles.contains("history.log"));
         assert!(!r.join("vmlinuz").exists());
     }
