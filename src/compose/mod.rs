@@ -297,6 +297,12 @@ fn work_name(r: &str) -> String {
     r.replace('/', "_")
 }
 
+/// The apt environment (set up by the first step); takes the field so borrows stay disjoint.
+fn apt_env(apt: &Option<AptEnv>) -> Result<&AptEnv> {
+    apt.as_ref()
+        .ok_or_else(|| anyhow!("internal: apt is not set up"))
+}
+
 fn root_path(ctx: &Ctx) -> Result<PathBuf> {
     ctx.work
         .as_ref()
@@ -306,10 +312,7 @@ fn root_path(ctx: &Ctx) -> Result<PathBuf> {
 
 /// Step: resolve the package set with apt.
 fn resolve(ctx: &mut Ctx) -> Result<()> {
-    let apt = ctx
-        .apt
-        .as_ref()
-        .ok_or_else(|| anyhow!("internal: no apt"))?;
+    let apt = apt_env(&ctx.apt)?;
     let ph = ctx.progress.phase("resolve", "resolving packages");
     let mut request: Vec<String> = Vec::new();
     let status = if ctx.parent_commit.is_some() {
@@ -397,10 +400,7 @@ fn check_inputhash(ctx: &Ctx) -> Result<Option<ComposeResult>> {
 
 /// Step: download what is not cached, and record every package's digest.
 fn download(ctx: &mut Ctx) -> Result<()> {
-    let apt = ctx
-        .apt
-        .as_ref()
-        .ok_or_else(|| anyhow!("internal: no apt"))?;
+    let apt = apt_env(&ctx.apt)?;
     let ph = ctx.progress.phase("download", "fetching packages");
     apt.download(&mut ctx.new_packages)?;
     for n in &ctx.new_packages {
@@ -417,10 +417,7 @@ fn download(ctx: &mut Ctx) -> Result<()> {
 
 /// Step: install the packages (from scratch, or onto the parent's checkout).
 fn install(ctx: &mut Ctx) -> Result<()> {
-    let apt = ctx
-        .apt
-        .as_ref()
-        .ok_or_else(|| anyhow!("internal: no apt"))?;
+    let apt = apt_env(&ctx.apt)?;
     let ph = ctx.progress.phase("install", "installing packages");
     if ctx.parent_commit.is_some() {
         rootfs::install_layer(apt, &ctx.new_packages, &root_path(ctx)?, ctx.epoch)?;
