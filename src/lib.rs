@@ -10,6 +10,7 @@ pub mod compose;
 pub mod diff;
 pub mod interrupt;
 pub mod lockfile;
+pub mod manifest;
 pub mod progress;
 pub mod repo;
 pub mod sbom;

@@ -1,0 +1,483 @@
+//! Image manifests: what to build and ship from a commit (disk size, partitions, firmware,
+//! formats, kernel arguments, provisioning).
+//!
+//! Parsed like treefiles: a raw TOML struct with every key optional and unknown keys rejected,
+//! then a validated [`Manifest`] whose errors name the file, the line and the key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// 1 MiB: partitions start and end on MiB boundaries.
+pub const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawManifest {
+    name: Option<Spanned<String>>,
+    treefile: Option<Spanned<String>>,
+    #[serde(rename = "ref")]
+    ref_: Option<Spanned<String>>,
+    osname: Option<Spanned<String>>,
+    kernel_arguments: Option<Vec<String>>,
+    size: Option<Spanned<String>>,
+    firmware: Option<Spanned<Vec<String>>>,
+    formats: Option<Spanned<Vec<String>>>,
+    provisioning: Option<Spanned<String>>,
+    partitions: Option<Vec<Spanned<RawPartition>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPartition {
+    label: String,
+    #[serde(rename = "type")]
+    kind: String,
+    size: Option<String>,
+}
+
+/// Firmware an image boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Raw,
+    Qcow2,
+    Vmdk,
+    Vhd,
+    Gce,
+}
+
+impl Format {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "raw" => Self::Raw,
+            "qcow2" => Self::Qcow2,
+            "vmdk" => Self::Vmdk,
+            "vhd" => Self::Vhd,
+            "gce" => Self::Gce,
+            _ => return None,
+        })
+    }
+}
+
+/// What a partition is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartKind {
+    /// GRUB's core image for BIOS boot (no filesystem).
+    BiosBoot,
+    /// The EFI system partition (FAT).
+    Esp,
+    /// `/boot` (ext4): kernels, initramfs and bootloader entries of every deployment.
+    Boot,
+    /// The root filesystem (ext4) with `/ostree`; it grows to the disk on first boot.
+    Root,
+}
+
+/// A partition of the validated layout, with its place on the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub label: String,
+    pub kind: PartKind,
+    pub start: u64,
+    pub size: u64,
+}
+
+/// How the first boot gets its SSH keys and hostname.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// cloud-init's NoCloud data source (seed ISO or SMBIOS serial).
+    NoCloud,
+    /// None: the image trusts nobody until something else adds a key.
+    None,
+}
+
+/// Where the commit comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Compose this treefile (path resolved against the manifest's directory), then use its ref.
+    Treefile(PathBuf),
+    /// Use this ref or commit from the repo.
+    Ref(String),
+}
+
+/// A validated image manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub name: String,
+    pub source: Source,
+    pub osname: String,
+    pub kernel_arguments: Vec<String>,
+    pub size: u64,
+    pub firmware: Vec<Firmware>,
+    pub formats: Vec<Format>,
+    pub provisioning: Provisioning,
+    pub partitions: Vec<Partition>,
+}
+
+impl Manifest {
+    /// The partition of a kind, if the layout has one.
+    pub fn partition(&self, kind: PartKind) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.kind == kind)
+    }
+}
+
+/// Parse a size: bytes, or a number with K, M, G or T (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].matches('\n').count() + 1
+}
+
+/// Load and validate the manifest at `path`.
+pub fn load(path: &Path) -> Result<Manifest> {
+    let src = std::fs::read_to_string(path)
+        .with_context(|| format!("reading image manifest {}", path.display()))?;
+    let raw: RawManifest = toml::from_str(&src).map_err(|e| {
+        anyhow!(
+            "{}: invalid image manifest: {}",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })?;
+    let file = path.display().to_string();
+    let at = |offset: usize| format!("{file}:{}", line_of(&src, offset));
+    let dir = path.parent().unwrap_or(Path::new("."));
+
+    let name = raw
+        .name
+        .as_ref()
+        .map(|n| n.get_ref().clone())
+        .ok_or_else(|| anyhow!("{file}: key `name` is missing"))?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        let n = raw.name.as_ref().map(|n| n.span().start).unwrap_or(0);
+        bail!(
+            "{}: key `name`: {name:?} must be letters, digits, `-`, `_` and `.`",
+            at(n)
+        );
+    }
+    let source = match (&raw.treefile, &raw.ref_) {
+        (Some(t), None) => {
+            let p = dir.join(t.get_ref());
+            if !p.is_file() {
+                bail!(
+                    "{}: key `treefile`: {} does not exist",
+                    at(t.span().start),
+                    p.display()
+                );
+            }
+            Source::Treefile(p)
+        }
+        (None, Some(r)) => Source::Ref(r.get_ref().clone()),
+        (Some(t), Some(_)) => bail!(
+            "{}: keys `treefile` and `ref`: give one, not both",
+            at(t.span().start)
+        ),
+        (None, None) => bail!("{file}: key `treefile` (or `ref`) is missing"),
+    };
+    let osname = raw
+        .osname
+        .as_ref()
+        .map(|o| o.get_ref().clone())
+        .unwrap_or_else(|| "cairn".into());
+    let size = match &raw.size {
+        Some(s) => parse_size(s.get_ref())
+            .filter(|b| *b >= 64 * MIB)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: key `size`: {:?} is not a size of at least 64M (e.g. \"4G\")",
+                    at(s.span().start),
+                    s.get_ref()
+                )
+            })?,
+        None => 4 << 30,
+    };
+    if size % MIB != 0 {
+        bail!("{file}: key `size` must be a whole number of MiB (Azure's VHD needs it)");
+    }
+    let firmware = match &raw.firmware {
+        None => vec![Firmware::Bios, Firmware::Uefi],
+        Some(f) => {
+            let mut v = Vec::new();
+            for x in f.get_ref() {
+                v.push(match x.as_str() {
+                    "bios" => Firmware::Bios,
+                    "uefi" => Firmware::Uefi,
+                    other => bail!(
+                        "{}: key `firmware`: {other:?} is not `bios` or `uefi`",
+                        at(f.span().start)
+                    ),
+                });
+            }
+            if v.is_empty() {
+                bail!(
+                    "{}: key `firmware` needs `bios`, `uefi` or both",
+                    at(f.span().start)
+                );
+            }
+            v
+        }
+    };
+    let formats = match &raw.formats {
+        None => vec![Format::Qcow2],
+        Some(f) => f
+            .get_ref()
+            .iter()
+            .map(|x| {
+                Format::parse(x).ok_or_else(|| {
+                    anyhow!(
+                        "{}: key `formats`: {x:?} is not one of raw, qcow2, vmdk, vhd, gce",
+                        at(f.span().start)
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    let provisioning = match raw
+        .provisioning
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span().start))
+    {
+        None | Some(("nocloud", _)) => Provisioning::NoCloud,
+        Some(("none", _)) => Provisioning::None,
+        Some((other, off)) => bail!(
+            "{}: key `provisioning`: {other:?} is not `nocloud` or `none`",
+            at(off)
+        ),
+    };
+    let partitions = layout(raw.partitions, size, &firmware, &at, &file)?;
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        name,
+        source,
+        osname,
+        kernel_arguments: raw.kernel_arguments.unwrap_or_default(),
+        size,
+        firmware,
+        formats,
+        provisioning,
+        partitions,
+    })
+}
+
+/// The default layout: BIOS boot, ESP, /boot, root.
+fn default_partitions() -> Vec<(String, PartKind, Option<u64>, usize)> {
+    vec![
+        ("BIOS-BOOT".into(), PartKind::BiosBoot, Some(MIB), 0),
+        ("EFI-SYSTEM".into(), PartKind::Esp, Some(127 * MIB), 0),
+        ("boot".into(), PartKind::Boot, Some(384 * MIB), 0),
+        ("root".into(), PartKind::Root, None, 0),
+    ]
+}
+
+fn layout(
+    raw: Option<Vec<Spanned<RawPartition>>>,
+    disk: u64,
+    firmware: &[Firmware],
+    at: &dyn Fn(usize) -> String,
+    file: &str,
+) -> Result<Vec<Partition>> {
+    let parts: Vec<(String, PartKind, Option<u64>, usize)> = match raw {
+        None => default_partitions(),
+        Some(list) => list
+            .into_iter()
+            .map(|p| {
+                let off = p.span().start;
+                let p = p.into_inner();
+                let kind = match p.kind.as_str() {
+                    "bios-boot" => PartKind::BiosBoot,
+                    "esp" => PartKind::Esp,
+                    "boot" => PartKind::Boot,
+                    "root" => PartKind::Root,
+                    other => bail!(
+                        "{}: key `partitions.type`: {other:?} is not bios-boot, esp, boot or root",
+                        at(off)
+                    ),
+                };
+                let size = match &p.size {
+                    None => None,
+                    Some(s) => Some(
+                        parse_size(s)
+                            .filter(|b| *b > 0 && b % MIB == 0)
+                            .ok_or_else(|| {
+                                anyhow!(
+                                    "{}: key `partitions.size`: {s:?} is not a whole number of MiB",
+                                    at(off)
+                                )
+                            })?,
+                    ),
+                };
+                Ok((p.label, kind, size, off))
+            })
+            .collect::<Result<_>>()?,
+    };
+    for kind in [
+        PartKind::BiosBoot,
+        PartKind::Esp,
+        PartKind::Boot,
+        PartKind::Root,
+    ] {
+        if parts.iter().filter(|p| p.1 == kind).count() > 1 {
+            bail!("{file}: key `partitions`: more than one {kind:?} partition");
+        }
+    }
+    let need = |k: PartKind, why: &str| -> Result<()> {
+        if parts.iter().any(|p| p.1 == k) {
+            Ok(())
+        } else {
+            bail!("{file}: key `partitions`: {why}")
+        }
+    };
+    need(PartKind::Root, "a `root` partition is required")?;
+    need(
+        PartKind::Boot,
+        "a `boot` partition is required (ostree keeps every deployment's kernel there)",
+    )?;
+    if firmware.contains(&Firmware::Bios) {
+        need(
+            PartKind::BiosBoot,
+            "firmware `bios` on GPT needs a `bios-boot` partition",
+        )?;
+    }
+    if firmware.contains(&Firmware::Uefi) {
+        need(PartKind::Esp, "firmware `uefi` needs an `esp` partition")?;
+    }
+    // GPT: 1 MiB before the first partition, 1 MiB at the end for the backup table.
+    let fixed: u64 = parts.iter().filter_map(|p| p.2).sum();
+    let growing = parts.iter().filter(|p| p.2.is_none()).count();
+    if growing > 1 {
+        bail!(
+            "{file}: key `partitions`: only one partition may leave out `size` (it takes the rest)"
+        );
+    }
+    let available = disk.saturating_sub(2 * MIB);
+    if fixed > available || (growing == 1 && fixed + 64 * MIB > available) {
+        bail!(
+            "{file}: key `partitions`: the partitions need {} MiB{} but the disk (`size`) has {} MiB",
+            fixed / MIB,
+            if growing == 1 { " plus 64 MiB for the growing one" } else { "" },
+            available / MIB
+        );
+    }
+    let mut start = MIB;
+    let mut out = Vec::new();
+    for (label, kind, size, _) in parts {
+        let size = size.unwrap_or(available - fixed);
+        out.push(Partition {
+            label,
+            kind,
+            start,
+            size,
+        });
+        start += size;
+    }
+    Ok(out)
+}
+
+/// Check that /boot holds two deployments' kernel and initramfs (an upgrade writes the new one
+/// before the old one goes), with room for the bootloader.
+pub fn check_boot_size(m: &Manifest, kernel_and_initramfs: u64) -> Result<()> {
+    let Some(boot) = m.partition(PartKind::Boot) else {
+        return Ok(());
+    };
+    // ext4 metadata and the bootloader take some room; keep a quarter spare.
+    let need = 2 * kernel_and_initramfs + kernel_and_initramfs / 2 + 16 * MIB;
+    if boot.size < need {
+        bail!(
+            "{}: key `partitions`: /boot ({}) has {} MiB, but two deployments need {} MiB \
+             (kernel and initramfs are {} MiB each)",
+            m.path.display(),
+            boot.label,
+            boot.size / MIB,
+            need.div_ceil(MIB),
+            kernel_and_initramfs.div_ceil(MIB)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        std::fs::write(dir.join("t.toml"), "").unwrap();
+        let p = dir.join("m.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("384M"), Some(384 << 20));
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn default_layout_fills_the_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let m = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nsize = \"2G\"\n",
+        ))
+        .unwrap();
+        assert_eq!(m.partitions.len(), 4);
+        assert_eq!(m.partitions[0].start, MIB);
+        let last = m.partitions.last().unwrap();
+        assert_eq!(last.kind, PartKind::Root);
+        assert_eq!(last.start + last.size, (2 << 30) - MIB);
+        assert_eq!(m.firmware, vec![Firmware::Bios, Firmware::Uefi]);
+    }
+
+    #[test]
+    fn bad_manifests_name_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            ("name = \"x\"\ntreefile = \"t.toml\"\nbogus = 1\n", "bogus"),
+            ("name = \"x\"\ntreefile = \"missing.toml\"\n", "m.toml:2: key `treefile`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"1G\"\nfirmware = [\"uefi\"]\n[[partitions]]\nlabel = \"ESP\"\ntype = \"esp\"\nsize = \"64M\"\n[[partitions]]\nlabel = \"root\"\ntype = \"root\"\n[[partitions]]\nlabel = \"boot\"\ntype = \"boot\"\nsize = \"2G\"\n", "the disk"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nfirmware = [\"uefi\"]\n[[partitions]]\nlabel = \"root\"\ntype = \"root\"\n[[partitions]]\nlabel = \"boot\"\ntype = \"boot\"\nsize = \"300M\"\n", "needs an `esp`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nformats = [\"iso\"]\n", "m.toml:3: key `formats`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nfirmware = [\"coreboot\"]\n", "m.toml:3: key `firmware`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"tiny\"\n", "m.toml:3: key `size`"),
+        ];
+        for (body, want) in cases {
+            let e = format!("{:#}", load(&write(d.path(), body)).unwrap_err());
+            assert!(e.contains(want) && e.contains("m.toml"), "{body}\n→ {e}");
+        }
+    }
+
+    #[test]
+    fn boot_must_hold_two_deployments() {
+        let d = tempfile::tempdir().unwrap();
+        let body = "name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"BIOS\"\ntype = \"bios-boot\"\nsize = \"1M\"\n[[partitions]]\nlabel = \"ESP\"\ntype = \"esp\"\nsize = \"64M\"\n[[partitions]]\nlabel = \"boot\"\ntype = \"boot\"\nsize = \"64M\"\n[[partitions]]\nlabel = \"root\"\ntype = \"root\"\n";
+        let m = load(&write(d.path(), body)).unwrap();
+        let e = check_boot_size(&m, 37 * MIB).unwrap_err().to_string();
+        assert!(e.contains("two deployments") && e.contains("64 MiB"), "{e}");
+        assert!(check_boot_size(&m, 10 * MIB).is_ok());
+    }
+}
