@@ -5,6 +5,7 @@
 //! [`tmp`] holds the guards that clean up temporary trees and mounts; [`progress`] shows it.
 
 pub mod apt;
+pub mod artifacts;
 pub mod cmd;
 pub mod compose;
 pub mod diff;

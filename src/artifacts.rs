@@ -1,0 +1,279 @@
+//! Image artifacts: a raw disk converted to the formats clouds take, each with its SHA-256, and
+//! stream metadata in CoreOS's shape that an auto-scaling group's pipeline reads to find the
+//! newest image.
+//!
+//! Every artifact is written under a temporary name in the output directory and renamed into
+//! place when complete, so an interrupted build never leaves a partial file under a final name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::apt::sha256_file;
+use crate::cmd::Cmd;
+use crate::manifest::Format;
+
+/// One finished artifact.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Artifact {
+    /// The stream-metadata platform: qemu, vmware, azure, gcp, metal.
+    pub platform: String,
+    /// The stream-metadata format: raw, qcow2, vmdk, vhd, tar.gz.
+    pub format: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Where each format goes in stream metadata, and its file suffix.
+pub fn platform_of(f: Format) -> (&'static str, &'static str, &'static str) {
+    match f {
+        Format::Raw => ("metal", "raw", "raw"),
+        Format::Qcow2 => ("qemu", "qcow2", "qcow2"),
+        Format::Vmdk => ("vmware", "vmdk", "vmdk"),
+        Format::Vhd => ("azure", "vhd", "vhd"),
+        Format::Gce => ("gcp", "tar.gz", "gce.tar.gz"),
+    }
+}
+
+/// A file being written under a temporary name; renamed to its final name by [`Pending::done`],
+/// removed if dropped first.
+struct Pending {
+    tmp: PathBuf,
+    dest: PathBuf,
+    done: bool,
+}
+
+impl Pending {
+    fn new(dest: &Path) -> Self {
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self {
+            tmp: dest.with_file_name(format!(".{name}.partial")),
+            dest: dest.to_path_buf(),
+            done: false,
+        }
+    }
+
+    fn done(mut self) -> Result<PathBuf> {
+        std::fs::rename(&self.tmp, &self.dest)
+            .with_context(|| format!("moving {} into place", self.dest.display()))?;
+        self.done = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Convert `raw` into `format` at `dest` (atomically) and describe the result.
+pub fn convert(raw: &Path, format: Format, dest: &Path) -> Result<Artifact> {
+    let p = Pending::new(dest);
+    let qemu_img = |args: &[&str]| -> Result<()> {
+        Cmd::new("qemu-img")
+            .args(["convert", "-f", "raw"])
+            .args(args)
+            .arg(raw)
+            .arg(&p.tmp)
+            .run()
+            .with_context(|| format!("converting {} to {}", raw.display(), dest.display()))?;
+        Ok(())
+    };
+    match format {
+        Format::Raw => {
+            Cmd::new("cp")
+                .args(["--sparse=always", "--"])
+                .arg(raw)
+                .arg(&p.tmp)
+                .run()?;
+        }
+        Format::Qcow2 => qemu_img(&["-c", "-O", "qcow2"])?,
+        Format::Vmdk => qemu_img(&["-O", "vmdk", "-o", "subformat=streamOptimized"])?,
+        // Azure takes fixed VHDs whose virtual size is a whole number of MiB; force_size keeps
+        // qemu-img from rounding it to CHS geometry.
+        Format::Vhd => qemu_img(&["-O", "vpc", "-o", "subformat=fixed,force_size=on"])?,
+        Format::Gce => {
+            // GCE wants a tarball holding exactly `disk.raw`, sparse, gzip-compressed.
+            let dir = tempfile::tempdir_in(dest.parent().unwrap_or(Path::new(".")))?;
+            let inner = dir.path().join("disk.raw");
+            std::fs::hard_link(raw, &inner).or_else(|_| {
+                Cmd::new("cp")
+                    .args(["--sparse=always", "--"])
+                    .arg(raw)
+                    .arg(&inner)
+                    .run()
+                    .map(|_| ())
+            })?;
+            Cmd::new("tar")
+                .args([
+                    "--format=oldgnu",
+                    "-S",
+                    "--owner=0",
+                    "--group=0",
+                    "--mtime=@0",
+                    "-czf",
+                ])
+                .arg(&p.tmp)
+                .arg("-C")
+                .arg(dir.path())
+                .arg("disk.raw")
+                .run()
+                .context("packing the GCE tarball")?;
+        }
+    }
+    let sha256 = sha256_file(&p.tmp)?;
+    let size = std::fs::metadata(&p.tmp)?.len();
+    let path = p.done()?;
+    let (platform, fmt, _) = platform_of(format);
+    Ok(Artifact {
+        platform: platform.into(),
+        format: fmt.into(),
+        path,
+        sha256,
+        size,
+    })
+}
+
+/// What a stream-metadata document says about one build.
+pub struct Release<'a> {
+    pub stream: &'a str,
+    pub version: &'a str,
+    pub commit: &'a str,
+    pub ref_: &'a str,
+    /// Seconds since the epoch (the commit's timestamp).
+    pub timestamp: i64,
+    pub artifacts: &'a [Artifact],
+}
+
+/// Stream metadata in CoreOS's shape:
+/// `architectures.<arch>.artifacts.<platform>.formats.<format>.disk`.
+pub fn stream_metadata(r: &Release, arch: &str) -> serde_json::Value {
+    let mut platforms: BTreeMap<String, serde_json::Map<String, serde_json::Value>> =
+        BTreeMap::new();
+    for a in r.artifacts {
+        let location = a
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        platforms.entry(a.platform.clone()).or_default().insert(
+            a.format.clone(),
+            serde_json::json!({ "disk": { "location": location, "sha256": a.sha256, "size": a.size } }),
+        );
+    }
+    let artifacts: serde_json::Map<String, serde_json::Value> = platforms
+        .into_iter()
+        .map(|(p, formats)| {
+            (
+                p,
+                serde_json::json!({ "release": r.version, "formats": formats }),
+            )
+        })
+        .collect();
+    let updated = chrono::DateTime::from_timestamp(r.timestamp, 0)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default();
+    serde_json::json!({
+        "stream": r.stream,
+        "metadata": { "last-modified": updated },
+        "architectures": {
+            arch: {
+                "artifacts": artifacts,
+                "commit": r.commit,
+                "ref": r.ref_,
+                "version": r.version,
+            }
+        }
+    })
+}
+
+/// Write JSON atomically.
+pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let p = Pending::new(path);
+    std::fs::write(&p.tmp, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    p.done()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_raw(dir: &Path) -> PathBuf {
+        let raw = dir.join("disk.raw");
+        let f = std::fs::File::create(&raw).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::fs::write(dir.join("marker"), b"x").unwrap();
+        raw
+    }
+
+    #[test]
+    fn converts_to_every_format_with_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = small_raw(d.path());
+        let out = d.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let mut arts = Vec::new();
+        for f in [
+            Format::Raw,
+            Format::Qcow2,
+            Format::Vmdk,
+            Format::Vhd,
+            Format::Gce,
+        ] {
+            let (_, _, suffix) = platform_of(f);
+            let a = convert(&raw, f, &out.join(format!("x.{suffix}"))).unwrap();
+            assert_eq!(a.sha256, sha256_file(&a.path).unwrap());
+            assert!(a.size > 0);
+            arts.push(a);
+        }
+        // A fixed VHD is the raw disk plus a 512-byte footer: the size stays MiB-aligned.
+        let vhd = arts.iter().find(|a| a.format == "vhd").unwrap();
+        assert_eq!(vhd.size, (8 << 20) + 512);
+        // No partial files are left behind.
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+        let v = stream_metadata(
+            &Release {
+                stream: "stable",
+                version: "1.0",
+                commit: "abc",
+                ref_: "cairn/amd64/base",
+                timestamp: 0,
+                artifacts: &arts,
+            },
+            "x86_64",
+        );
+        let q = &v["architectures"]["x86_64"]["artifacts"]["qemu"]["formats"]["qcow2"]["disk"];
+        assert_eq!(q["location"], "x.qcow2");
+        assert_eq!(q["sha256"].as_str().unwrap().len(), 64);
+        assert!(
+            v["architectures"]["x86_64"]["artifacts"]["gcp"]["formats"]["tar.gz"]["disk"]["size"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+
+    #[test]
+    fn a_failed_conversion_leaves_no_artifact() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("x.qcow2");
+        assert!(convert(&d.path().join("missing.raw"), Format::Qcow2, &dest).is_err());
+        assert!(!dest.exists());
+        assert!(std::fs::read_dir(d.path()).unwrap().next().is_none());
+    }
+}
