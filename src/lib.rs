@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cmd;
 pub mod compose;
 pub mod diff;
+pub mod image;
 pub mod interrupt;
 pub mod lockfile;
 pub mod manifest;

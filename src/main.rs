@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use cairn::{compose, diff, progress::Progress, repo, sbom, treefile};
+use cairn::{compose, diff, image, manifest, progress::Progress, repo, sbom, treefile};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,10 @@ enum Command {
     Diff(DiffArgs),
     /// Print the SBOM of a ref or commit.
     Sbom(SbomArgs),
+    /// Build the disk images an image manifest describes, from a composed commit.
+    Image(ImageArgs),
+    /// Compose the manifest's treefile (when it changed), then build its images.
+    Build(ImageArgs),
 }
 
 /// Where the repo and cache are.
@@ -89,6 +93,23 @@ struct SbomArgs {
     format: sbom::Format,
 }
 
+#[derive(Args)]
+struct ImageArgs {
+    /// The image manifest (e.g. manifests/qemu.toml).
+    manifest: PathBuf,
+    #[command(flatten)]
+    paths: Paths,
+    /// Where the images and their stream metadata go.
+    #[arg(long, default_value = "build/images")]
+    out: PathBuf,
+    /// Use this ref or commit instead of the one the manifest names.
+    #[arg(long)]
+    rev: Option<String>,
+    /// Print the artifacts as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -107,14 +128,7 @@ fn init_logging(verbose: u8) {
 
 fn run_compose(a: ComposeArgs) -> Result<()> {
     let tf = treefile::load(&a.treefile)?;
-    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => Some(
-            v.trim()
-                .parse::<i64>()
-                .context("SOURCE_DATE_EPOCH is not a number")?,
-        ),
-        Err(_) => None,
-    };
+    let epoch = source_date_epoch()?;
     let opts = compose::ComposeOpts {
         repo: a.paths.repo,
         cache: a.paths.cache,
@@ -145,6 +159,64 @@ fn run_compose(a: ComposeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_image(a: ImageArgs, compose_first: bool) -> Result<()> {
+    let m = manifest::load(&a.manifest)?;
+    let progress = Progress::new(a.json);
+    let rev = match (&a.rev, &m.source) {
+        (Some(r), _) => r.clone(),
+        (None, manifest::Source::Ref(r)) => r.clone(),
+        (None, manifest::Source::Treefile(t)) => {
+            let tf = treefile::load(t)?;
+            if compose_first {
+                let opts = compose::ComposeOpts {
+                    repo: a.paths.repo.clone(),
+                    cache: a.paths.cache.clone(),
+                    lockfile: None,
+                    force: false,
+                    source_date_epoch: source_date_epoch()?,
+                    keep_failed: false,
+                    tmpfs: true,
+                };
+                compose::compose(&tf, &opts, &progress)?;
+            }
+            tf.ref_
+        }
+    };
+    let opts = image::ImageOpts {
+        repo: a.paths.repo,
+        cache: a.paths.cache,
+        out: a.out,
+    };
+    let r = image::build(&m, &rev, &opts, &progress)
+        .with_context(|| format!("building the images of {}", a.manifest.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for art in &r.artifacts {
+            println!(
+                "{} {} sha256:{} ({} bytes)",
+                art.platform,
+                art.path.display(),
+                art.sha256,
+                art.size
+            );
+        }
+        println!("stream metadata: {}", r.stream_metadata.display());
+    }
+    Ok(())
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(
+            v.trim()
+                .parse::<i64>()
+                .context("SOURCE_DATE_EPOCH is not a number")?,
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 fn run_diff(a: DiffArgs) -> Result<()> {
@@ -201,6 +273,8 @@ fn main() -> ExitCode {
         Command::Compose(a) => run_compose(a),
         Command::Diff(a) => run_diff(a),
         Command::Sbom(a) => run_sbom(a),
+        Command::Image(a) => run_image(a, false),
+        Command::Build(a) => run_image(a, true),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -101,6 +101,14 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // ostree marks deployment roots immutable: clear the flag, then remove.
+            crate::cmd::Cmd::new("chattr")
+                .args(["-R", "-f", "-i"])
+                .arg(path)
+                .run_status()?;
+            std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+        }
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }

@@ -229,6 +229,88 @@ fn compose_end_to_end() {
     check_layout(&a, &c1);
     assert!(a.ostree(&["fsck"]).contains("no errors"));
 
+    // 1b. A disk image from that commit: GPT with the four partitions, GRUB on the ESP, and the
+    // syslinux configuration libostree maintains on /boot (what GRUB reads).
+    let images = work.path().join("images");
+    let out = StdCommand::new(bin())
+        .args(["image", "manifests/qemu.toml", "--json", "--rev", BASE_REF])
+        .arg("--repo")
+        .arg(&a.repo)
+        .arg("--cache")
+        .arg(&a.cache)
+        .arg("--out")
+        .arg(&images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cairn image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let qcow2 = PathBuf::from(res["artifacts"][0]["path"].as_str().unwrap());
+    assert!(qcow2.ends_with("cairn-base-qemu-1.0.qcow2"), "{qcow2:?}");
+    let stream: Value =
+        serde_json::from_slice(&std::fs::read(res["stream_metadata"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(
+        stream["architectures"]["x86_64"]["artifacts"]["qemu"]["formats"]["qcow2"]["disk"]
+            ["sha256"],
+        res["artifacts"][0]["sha256"]
+    );
+    let raw = work.path().join("check.raw");
+    let conv = StdCommand::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&qcow2)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(conv.success());
+    let gpt = StdCommand::new("sgdisk")
+        .arg("-p")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let gpt = String::from_utf8_lossy(&gpt.stdout);
+    for (code, name) in [
+        ("EF02", "BIOS-BOOT"),
+        ("EF00", "EFI-SYSTEM"),
+        ("8300", "boot"),
+        ("8304", "root"),
+    ] {
+        assert!(
+            gpt.lines().any(|l| l.contains(code) && l.contains(name)),
+            "{name}: {gpt}"
+        );
+    }
+    // The ESP starts at 2 MiB in the shipped layout.
+    let esp = StdCommand::new("mdir")
+        .args(["-i", &format!("{}@@2M", raw.display()), "::/EFI/BOOT"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&esp.stdout).contains("BOOTX64"),
+        "{}",
+        String::from_utf8_lossy(&esp.stderr)
+    );
+    // /boot starts at 129 MiB: debugfs reads it without mounting.
+    let boot = StdCommand::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if={} bs=1M skip=129 count=384 status=none of={}/boot.ext4 && debugfs -R 'cat /loader/syslinux.cfg' {}/boot.ext4",
+            raw.display(),
+            work.path().display(),
+            work.path().display()
+        ))
+        .output()
+        .unwrap();
+    let syslinux = String::from_utf8_lossy(&boot.stdout);
+    assert!(
+        syslinux.contains("KERNEL /ostree/") && syslinux.contains("ostree=/ostree/boot."),
+        "{syslinux}"
+    );
+    std::fs::remove_file(&raw).unwrap();
+
     // 2. No-op: same inputs, nothing written.
     let r = a.compose(&[BASE]);
     assert_eq!(r[0]["skipped"], true);

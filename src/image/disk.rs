@@ -1,0 +1,212 @@
+//! The disk: filesystems made from directories, a GPT written on a plain file, GRUB written into
+//! it for BIOS and UEFI. No mount, no loop device, no helper VM.
+//!
+//! GRUB never needs a config generated on the node: its embedded config finds the partition
+//! labelled `boot` and reads `/syslinux/syslinux.cfg`, which libostree's syslinux backend
+//! rewrites on every `ostree admin deploy`, undeploy or rollback, so the bootloader follows the
+//! node's own upgrades.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::Cmd;
+use crate::manifest::{Manifest, PartKind, Partition, MIB};
+
+const SECTOR: u64 = 512;
+
+/// GRUB's embedded configuration: serial and screen, the boot partition by label, then the
+/// syslinux configuration libostree maintains there.
+pub const EARLY_CFG: &str = "serial --unit=0 --speed=115200\n\
+terminal_input serial console\n\
+terminal_output serial console\n\
+search --no-floppy --label boot --set=root\n\
+set prefix=($root)/grub\n\
+syslinux_configfile /syslinux/syslinux.cfg\n\
+echo \"cairn: no bootable entry in /syslinux/syslinux.cfg on the boot partition\"\n";
+
+const GRUB_MODULES: &[&str] = &[
+    "part_gpt",
+    "ext2",
+    "normal",
+    "linux",
+    "syslinuxcfg",
+    "search",
+    "search_label",
+    "configfile",
+    "echo",
+    "serial",
+    "terminal",
+    "test",
+    "boot",
+];
+
+/// Build GRUB's BIOS core image and UEFI executable with the embedded config.
+pub fn grub_images(work: &Path) -> Result<()> {
+    let cfg = work.join("early.cfg");
+    std::fs::write(&cfg, EARLY_CFG)?;
+    Cmd::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-p", "/grub", "-c"])
+        .arg(&cfg)
+        .arg("-o")
+        .arg(work.join("core.img"))
+        .args(GRUB_MODULES)
+        .args(["biosdisk", "linux16"])
+        .run()
+        .context("building GRUB's BIOS core image")?;
+    Cmd::new("grub-mkimage")
+        .args(["-O", "x86_64-efi", "-p", "/grub", "-c"])
+        .arg(&cfg)
+        .arg("-o")
+        .arg(work.join("BOOTX64.EFI"))
+        .args(GRUB_MODULES)
+        .args(["fat", "efi_gop"])
+        .run()
+        .context("building GRUB's UEFI image")?;
+    Ok(())
+}
+
+/// An ext4 filesystem of `size` bytes, labelled, holding `dir`.
+pub fn mkfs_ext4(
+    dir: &Path,
+    label: &str,
+    uuid: &str,
+    size: u64,
+    out: &Path,
+    epoch: i64,
+) -> Result<()> {
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-U", uuid])
+        .arg("-E")
+        .arg(format!("hash_seed={uuid},root_owner=0:0"))
+        .arg("-d")
+        .arg(dir)
+        .arg(out)
+        .arg(format!("{}k", size / 1024))
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .run()
+        .with_context(|| format!("making the {label} filesystem"))?;
+    Ok(())
+}
+
+/// A FAT ESP of `size` bytes with GRUB as the removable-media loader.
+pub fn mkfs_esp(work: &Path, size: u64, out: &Path, serial: &str) -> Result<()> {
+    Cmd::new("mkfs.vfat")
+        .args([
+            "-F",
+            "32",
+            "-S",
+            "512",
+            "-s",
+            "1",
+            "-n",
+            "EFI-SYSTEM",
+            "-i",
+            serial,
+            "-C",
+        ])
+        .arg(out)
+        .arg((size / 1024).to_string())
+        .run()
+        .context("making the EFI system partition")?;
+    let img = format!("{}", out.display());
+    Cmd::new("mmd")
+        .args(["-i", &img, "::/EFI", "::/EFI/BOOT"])
+        .run()?;
+    Cmd::new("mcopy")
+        .args(["-i", &img])
+        .arg(work.join("BOOTX64.EFI"))
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .env("SOURCE_DATE_EPOCH", "0")
+        .run()
+        .context("copying GRUB onto the ESP")?;
+    Ok(())
+}
+
+fn type_code(k: PartKind) -> &'static str {
+    match k {
+        PartKind::BiosBoot => "EF02",
+        PartKind::Esp => "EF00",
+        PartKind::Boot => "8300",
+        PartKind::Root => "8304",
+    }
+}
+
+/// Write the GPT (with GUIDs derived from the inputs) on a sparse file of the manifest's size.
+pub fn partition(m: &Manifest, disk: &Path, guid: &dyn Fn(&str) -> String) -> Result<()> {
+    let f = std::fs::File::create(disk).with_context(|| format!("creating {}", disk.display()))?;
+    f.set_len(m.size)?;
+    drop(f);
+    let mut cmd = Cmd::new("sgdisk").arg("-U").arg(guid("disk"));
+    for (i, p) in m.partitions.iter().enumerate() {
+        let n = i + 1;
+        let first = p.start / SECTOR;
+        let last = (p.start + p.size) / SECTOR - 1;
+        cmd = cmd
+            .arg(format!("--new={n}:{first}:{last}"))
+            .arg(format!("--typecode={n}:{}", type_code(p.kind)))
+            .arg(format!("--change-name={n}:{}", p.label))
+            .arg(format!("--partition-guid={n}:{}", guid(&p.label)));
+    }
+    // sgdisk -q writes nothing on some versions: keep it verbose and discard the output.
+    cmd.arg(disk).run().context("writing the partition table")?;
+    Ok(())
+}
+
+/// Copy a filesystem image into its partition.
+pub fn write_partition(disk: &Path, p: &Partition, image: &Path) -> Result<()> {
+    let len = std::fs::metadata(image)?.len();
+    if len > p.size {
+        bail!(
+            "the {} filesystem ({len} bytes) is larger than its partition",
+            p.label
+        );
+    }
+    Cmd::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+        .arg(format!("seek={}", p.start / MIB))
+        .run()
+        .with_context(|| format!("writing the {} partition", p.label))?;
+    Ok(())
+}
+
+fn write_at(disk: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk)?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// What `grub-bios-setup` does, on a plain file: core.img into the BIOS boot partition with its
+/// blocklist pointing at its own second sector, and boot.img's first 440 bytes into the MBR,
+/// pointing at core.img (the protective MBR's partition table stays).
+pub fn install_bios(disk: &Path, bios: &Partition, core: &Path, boot_img: &Path) -> Result<()> {
+    let mut core_img =
+        std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    if core_img.len() as u64 > bios.size {
+        bail!(
+            "GRUB's core image ({} bytes) does not fit the BIOS boot partition",
+            core_img.len()
+        );
+    }
+    if core_img.len() < 512 {
+        bail!("GRUB's core image is too short");
+    }
+    let first = bios.start / SECTOR;
+    // diskboot.img's blocklist: the last 12 bytes of core.img's first sector (start u64).
+    core_img[0x1f4..0x1fc].copy_from_slice(&(first + 1).to_le_bytes());
+    write_at(disk, bios.start, &core_img)?;
+    let mut boot =
+        std::fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
+    if boot.len() < 512 {
+        bail!("{} is not GRUB's boot.img", boot_img.display());
+    }
+    boot[0x5c..0x64].copy_from_slice(&first.to_le_bytes()); // GRUB_BOOT_MACHINE_KERNEL_SECTOR
+    boot[0x66] = 0x90; // boot from a hard disk whatever the BIOS says the drive is
+    boot[0x67] = 0x90;
+    write_at(disk, 0, &boot[..440])?;
+    Ok(())
+}

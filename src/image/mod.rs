@@ -1,0 +1,251 @@
+//! `cairn image`: a commit → bootable disk images, as a flat list of steps over one context:
+//! deploy through libostree into a fresh sysroot, make the filesystems from directories, write
+//! the partition table and GRUB into a plain file, convert to the manifest's formats, write
+//! stream metadata.
+
+pub mod deploy;
+pub mod disk;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+
+use crate::artifacts::{self, Artifact};
+use crate::manifest::{Firmware, Manifest, PartKind, Partition};
+use crate::progress::Progress;
+use crate::repo;
+use crate::tmp::TempTree;
+
+/// Where images go and what they are made from.
+pub struct ImageOpts {
+    pub repo: PathBuf,
+    pub cache: PathBuf,
+    pub out: PathBuf,
+}
+
+/// What `cairn image` made.
+#[derive(Debug, Serialize)]
+pub struct ImageResult {
+    pub name: String,
+    #[serde(rename = "ref")]
+    pub ref_: String,
+    pub commit: String,
+    pub version: String,
+    pub artifacts: Vec<Artifact>,
+    pub stream_metadata: PathBuf,
+}
+
+/// The remote a node upgrades from (its URL is the deployment's business).
+const REMOTE: &str = "cairn";
+
+struct Ctx<'a> {
+    m: &'a Manifest,
+    opts: &'a ImageOpts,
+    progress: &'a Progress,
+    ref_: String,
+    commit: String,
+    version: String,
+    epoch: i64,
+    work: TempTree,
+}
+
+impl Ctx<'_> {
+    fn w(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// A GUID derived from the inputs, so that the same commit and manifest give the same disk.
+    fn guid(&self, what: &str) -> String {
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("cairn-image/{}/{}/{what}", self.m.name, self.commit).as_bytes(),
+        )
+        .to_string()
+    }
+
+    fn part(&self, kind: PartKind) -> Result<&Partition> {
+        self.m
+            .partition(kind)
+            .ok_or_else(|| anyhow!("internal: validated manifest lacks a {kind:?} partition"))
+    }
+}
+
+/// Build the manifest's images from `rev` (a ref or commit in the repo).
+pub fn build(
+    m: &Manifest,
+    rev: &str,
+    opts: &ImageOpts,
+    progress: &Progress,
+) -> Result<ImageResult> {
+    let r = repo::open(&opts.repo)?;
+    let commit = repo::resolve(&r, rev)?;
+    let info = repo::commit_info(&r, &commit)?;
+    let version = info.version().unwrap_or_else(|| commit[..12].to_string());
+    let work = TempTree::new_in(&opts.cache.join("tmp"), &format!("image-{}", m.name))?;
+    let mut ctx = Ctx {
+        m,
+        opts,
+        progress,
+        ref_: if rev == commit {
+            format!("{}/{}", m.osname, m.name)
+        } else {
+            rev.to_string()
+        },
+        commit,
+        version,
+        epoch: info.timestamp as i64,
+        work,
+    };
+    let steps: [fn(&mut Ctx) -> Result<()>; 3] = [deploy_step, filesystems, assemble];
+    for step in steps {
+        crate::interrupt::check()?;
+        step(&mut ctx)?;
+    }
+    crate::interrupt::check()?;
+    convert(&ctx)
+}
+
+fn deploy_step(ctx: &mut Ctx) -> Result<()> {
+    let ph = ctx
+        .progress
+        .phase("deploy", "deploying the commit into a fresh sysroot");
+    let sysroot = ctx.w("sysroot");
+    std::fs::create_dir_all(&sysroot)?;
+    let mut kargs = vec!["root=LABEL=root".to_string(), "rw".to_string()];
+    kargs.extend(ctx.m.kernel_arguments.iter().cloned());
+    let dep = deploy::deploy(
+        &sysroot,
+        &deploy::DeployOpts {
+            repo: &ctx.opts.repo,
+            commit: &ctx.commit,
+            ref_: &ctx.ref_,
+            osname: &ctx.m.osname,
+            remote: REMOTE,
+            kargs: &kargs,
+        },
+    )?;
+    // The node writes new boot entries into /boot on upgrades: mount the boot partition there.
+    let fstab = sysroot.join(&dep).join("etc/fstab");
+    std::fs::write(
+        &fstab,
+        "# Written by cairn image\nLABEL=boot /boot ext4 defaults 0 2\n",
+    )
+    .with_context(|| format!("writing {}", fstab.display()))?;
+    // /boot becomes its own filesystem.
+    std::fs::rename(sysroot.join("boot"), ctx.w("bootfs"))?;
+    std::fs::create_dir(sysroot.join("boot"))?;
+    let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
+    crate::manifest::check_boot_size(ctx.m, kernels)?;
+    ph.done(&dep);
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            m.len()
+        };
+    }
+    Ok(total)
+}
+
+fn filesystems(ctx: &mut Ctx) -> Result<()> {
+    let ph = ctx
+        .progress
+        .phase("filesystems", "making filesystems from directories");
+    let boot = ctx.part(PartKind::Boot)?.clone();
+    let root = ctx.part(PartKind::Root)?.clone();
+    disk::mkfs_ext4(
+        &ctx.w("bootfs"),
+        "boot",
+        &ctx.guid("fs-boot"),
+        boot.size,
+        &ctx.w("boot.ext4"),
+        ctx.epoch,
+    )?;
+    disk::mkfs_ext4(
+        &ctx.w("sysroot"),
+        "root",
+        &ctx.guid("fs-root"),
+        root.size,
+        &ctx.w("root.ext4"),
+        ctx.epoch,
+    )?;
+    disk::grub_images(ctx.work.path())?;
+    if ctx.m.firmware.contains(&Firmware::Uefi) {
+        let esp = ctx.part(PartKind::Esp)?;
+        let serial = &ctx.guid("fs-esp").replace('-', "")[..8];
+        disk::mkfs_esp(ctx.work.path(), esp.size, &ctx.w("esp.vfat"), serial)?;
+    }
+    ph.done("boot, root, ESP");
+    Ok(())
+}
+
+fn assemble(ctx: &mut Ctx) -> Result<()> {
+    let ph = ctx.progress.phase("bootloader", "partition table and GRUB");
+    let raw = ctx.w("disk.raw");
+    disk::partition(ctx.m, &raw, &|what| ctx.guid(what))?;
+    disk::write_partition(&raw, ctx.part(PartKind::Boot)?, &ctx.w("boot.ext4"))?;
+    disk::write_partition(&raw, ctx.part(PartKind::Root)?, &ctx.w("root.ext4"))?;
+    if ctx.m.firmware.contains(&Firmware::Uefi) {
+        disk::write_partition(&raw, ctx.part(PartKind::Esp)?, &ctx.w("esp.vfat"))?;
+    }
+    if ctx.m.firmware.contains(&Firmware::Bios) {
+        let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
+        if !boot_img.exists() {
+            bail!("{} is missing: install grub-pc-bin", boot_img.display());
+        }
+        disk::install_bios(
+            &raw,
+            ctx.part(PartKind::BiosBoot)?,
+            &ctx.w("core.img"),
+            boot_img,
+        )?;
+    }
+    ph.done("GPT, GRUB for BIOS and UEFI");
+    Ok(())
+}
+
+fn convert(ctx: &Ctx) -> Result<ImageResult> {
+    let ph = ctx.progress.phase("convert", "writing the image formats");
+    std::fs::create_dir_all(&ctx.opts.out)
+        .with_context(|| format!("creating {}", ctx.opts.out.display()))?;
+    let base = format!("{}-{}", ctx.m.name, ctx.version);
+    let mut arts = Vec::new();
+    for f in &ctx.m.formats {
+        let (_, _, suffix) = artifacts::platform_of(*f);
+        arts.push(artifacts::convert(
+            &ctx.w("disk.raw"),
+            *f,
+            &ctx.opts.out.join(format!("{base}.{suffix}")),
+        )?);
+    }
+    let stream = ctx.opts.out.join(format!("{base}.stream.json"));
+    let doc = artifacts::stream_metadata(
+        &artifacts::Release {
+            stream: &ctx.m.name,
+            version: &ctx.version,
+            commit: &ctx.commit,
+            ref_: &ctx.ref_,
+            timestamp: ctx.epoch,
+            artifacts: &arts,
+        },
+        std::env::consts::ARCH,
+    );
+    artifacts::write_json(&stream, &doc)?;
+    ph.done(&format!("{} artifacts", arts.len()));
+    Ok(ImageResult {
+        name: ctx.m.name.clone(),
+        ref_: ctx.ref_.clone(),
+        commit: ctx.commit.clone(),
+        version: ctx.version.clone(),
+        artifacts: arts,
+        stream_metadata: stream,
+    })
+}
