@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::Cmd;
-use crate::manifest::{Manifest, PartKind, Partition, MIB};
+use crate::manifest::{Manifest, PartKind, Partition};
 
 const SECTOR: u64 = 512;
 
@@ -154,21 +154,49 @@ pub fn partition(m: &Manifest, disk: &Path, guid: &dyn Fn(&str) -> String) -> Re
     Ok(())
 }
 
-/// Copy a filesystem image into its partition.
+/// Copy a filesystem image into its partition, data regions only: the holes of a sparse image
+/// stay holes in the disk, and gigabytes of zeros are never read.
 pub fn write_partition(disk: &Path, p: &Partition, image: &Path) -> Result<()> {
-    let len = std::fs::metadata(image)?.len();
+    use nix::unistd::{lseek, Whence};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    let mut src =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let len = src.metadata()?.len();
     if len > p.size {
         bail!(
             "the {} filesystem ({len} bytes) is larger than its partition",
             p.label
         );
     }
-    Cmd::new("dd")
-        .arg(format!("if={}", image.display()))
-        .arg(format!("of={}", disk.display()))
-        .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
-        .arg(format!("seek={}", p.start / MIB))
-        .run()
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .with_context(|| format!("opening {}", disk.display()))?;
+    let fd = src.as_raw_fd();
+    let mut pos: i64 = 0;
+    let mut buf = vec![0u8; 4 << 20];
+    while (pos as u64) < len {
+        let data = match lseek(fd, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e).context("finding data in the filesystem image"),
+        };
+        let hole =
+            lseek(fd, data, Whence::SeekHole).context("finding a hole in the filesystem image")?;
+        src.seek(SeekFrom::Start(data as u64))?;
+        dst.seek(SeekFrom::Start(p.start + data as u64))?;
+        let mut left = (hole - data) as u64;
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            src.read_exact(&mut buf[..n])?;
+            dst.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        pos = hole;
+    }
+    dst.sync_data()
         .with_context(|| format!("writing the {} partition", p.label))?;
     Ok(())
 }
@@ -209,4 +237,79 @@ pub fn install_bios(disk: &Path, bios: &Partition, core: &Path, boot_img: &Path)
     boot[0x67] = 0x90;
     write_at(disk, 0, &boot[..440])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::MIB;
+
+    #[test]
+    fn sparse_copy_puts_data_at_the_partition_offset() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("fs.img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(8 * MIB).unwrap();
+        drop(f);
+        write_at(&img, 0, b"head").unwrap();
+        write_at(&img, 5 * MIB + 7, b"middle").unwrap();
+        let disk = d.path().join("disk.raw");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(16 * MIB)
+            .unwrap();
+        let p = Partition {
+            label: "root".into(),
+            kind: PartKind::Root,
+            start: 2 * MIB,
+            size: 10 * MIB,
+        };
+        write_partition(&disk, &p, &img).unwrap();
+        let data = std::fs::read(&disk).unwrap();
+        assert_eq!(&data[2 * MIB as usize..2 * MIB as usize + 4], b"head");
+        let m = (2 * MIB + 5 * MIB + 7) as usize;
+        assert_eq!(&data[m..m + 6], b"middle");
+        assert!(data[..2 * MIB as usize].iter().all(|b| *b == 0));
+        let small = Partition { size: MIB, ..p };
+        assert!(write_partition(&disk, &small, &img)
+            .unwrap_err()
+            .to_string()
+            .contains("larger"));
+    }
+
+    #[test]
+    fn bios_install_patches_both_sectors() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(4 * MIB)
+            .unwrap();
+        let core = d.path().join("core.img");
+        std::fs::write(&core, vec![0xAAu8; 2048]).unwrap();
+        let boot = d.path().join("boot.img");
+        std::fs::write(&boot, vec![0x11u8; 512]).unwrap();
+        let bios = Partition {
+            label: "BIOS".into(),
+            kind: PartKind::BiosBoot,
+            start: MIB,
+            size: MIB,
+        };
+        install_bios(&disk, &bios, &core, &boot).unwrap();
+        let data = std::fs::read(&disk).unwrap();
+        assert_eq!(
+            &data[0x5c..0x64],
+            &2048u64.to_le_bytes(),
+            "boot.img points at core.img"
+        );
+        assert_eq!(&data[0x66..0x68], &[0x90, 0x90]);
+        assert_eq!(data[440], 0, "the MBR partition table area is left alone");
+        let c = MIB as usize;
+        assert_eq!(
+            &data[c + 0x1f4..c + 0x1fc],
+            &2049u64.to_le_bytes(),
+            "blocklist → core.img's 2nd sector"
+        );
+        assert_eq!(data[c + 0x200], 0xAA);
+    }
 }

@@ -1,0 +1,55 @@
+#!/bin/bash
+# Image benchmark, from one run on the same machine: cairn's commit → qcow2 beside `mkfs.ext4 -d`
+# of the same deployed sysroot, and treefile → bootable qcow2 (cold package cache) beside the
+# by-hand pipeline (../shared/peer/by-hand.sh, end to end).
+# Usage: bench/image.sh [WORKDIR]   (needs root; about 6 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/deps
+cargo build --release -q
+bin=$PWD/target/release/cairn
+w=${1:-/var/tmp/cairn-image-bench}
+clean() {
+  find "$1" -maxdepth 8 -path '*/ostree/deploy/*/deploy/*' -type d -exec chattr -i {} + 2>/dev/null || true
+  rm -rf "$1"
+}
+clean "$w"; mkdir -p "$w"
+unset SOURCE_DATE_EPOCH
+seconds() {
+  local s e
+  s=$(date +%s.%N)
+  "$@" >"$w/last.out" 2>"$w/last.err" || { cat "$w/last.err" >&2; exit 1; }
+  e=$(date +%s.%N)
+  python3 -c "print(f'{$e - $s:.2f}')"
+}
+
+echo "by-hand pipeline..." >&2
+bash ../shared/peer/by-hand.sh "$w/byhand" >"$w/byhand.txt"
+byhand_total=$(awk '$1=="total" {print $2}' "$w/byhand.txt")
+byhand_qcow2=$(stat -c %s "$w/byhand/disk.qcow2")
+clean "$w/byhand"
+
+echo "cairn build, cold package cache..." >&2
+build=$(seconds "$bin" build manifests/qemu.toml --repo "$w/repo" --cache "$w/cache" --out "$w/images")
+qcow2=$(ls "$w"/images/*.qcow2)
+echo "cairn image from the composed commit..." >&2
+image=$(seconds "$bin" image manifests/qemu.toml --repo "$w/repo" --cache "$w/cache" --out "$w/images2")
+
+echo "mkfs.ext4 -d of the same deployed sysroot..." >&2
+s=$w/sysroot; mkdir -p "$s"
+ostree admin init-fs "$s" >/dev/null
+ostree admin os-init --sysroot="$s" cairn >/dev/null
+ostree --repo="$s/ostree/repo" pull-local "$w/repo" cairn/amd64/base >/dev/null
+ostree --repo="$s/ostree/repo" config set sysroot.bootloader none
+ostree admin deploy --sysroot="$s" --os=cairn cairn/amd64/base --karg=root=LABEL=root >/dev/null
+mkfs=$(seconds mkfs.ext4 -q -F -L root -d "$s" "$w/root.ext4" 3600M)
+clean "$s"; rm -f "$w/root.ext4"
+
+python3 - "$byhand_total" "$byhand_qcow2" "$build" "$(stat -c %s "$qcow2")" "$image" "$mkfs" <<'PY'
+import sys
+bh, bhq, build, q, image, mkfs = map(float, sys.argv[1:])
+print(f"cairn commit -> qcow2 (cairn image)          {image:7.2f} s")
+print(f"mkfs.ext4 -d of the same deployed sysroot     {mkfs:7.2f} s   ratio {image / mkfs:5.2f}  target <= 1.5  {'met' if image / mkfs <= 1.5 else 'MISSED'}")
+print(f"cairn treefile -> qcow2, cold cache (build)   {build:7.2f} s   by-hand {bh:.2f} s  ratio {build / bh:5.2f}  target <= 1.0  {'met' if build <= bh else 'MISSED'}")
+print(f"qcow2 size: cairn {q / 2**20:.0f} MiB, by-hand {bhq / 2**20:.0f} MiB  target: no larger  {'met' if q <= bhq else 'MISSED'}")
+PY
