@@ -306,7 +306,8 @@ fn compose_end_to_end() {
         .unwrap();
     let syslinux = String::from_utf8_lossy(&boot.stdout);
     assert!(
-        syslinux.contains("KERNEL /boot/ostree/cairn-") && syslinux.contains("ostree=/ostree/boot."),
+        syslinux.contains("KERNEL /boot/ostree/cairn-")
+            && syslinux.contains("ostree=/ostree/boot."),
         "{syslinux}"
     );
     std::fs::remove_file(&raw).unwrap();

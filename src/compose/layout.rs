@@ -161,6 +161,7 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
         }
         root.symlink(target, link)?;
     }
+    rewrite_tmpfiles(root, &INTO_VAR.map(|(l, t, _)| (l, t)))?;
     let mut entries = Vec::new();
     walk_var(root, Path::new("var"), &mut entries)?;
     entries.push("L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg".to_string());
@@ -196,6 +197,56 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
     root.symlink("sysroot/ostree", "ostree")?;
     check_no_special_files(root, Path::new("."))?;
     Ok(())
+}
+
+/// Packages' tmpfiles.d entries for `/home`, `/root`, `/srv`, … now name links: point them at
+/// the directories in `/var` the links lead to (so `/root/.ssh` becomes `/var/roothome/.ssh`),
+/// instead of letting systemd-tmpfiles fail on "already exists and is not a directory".
+fn rewrite_tmpfiles(root: &Dir, moved: &[(&str, &str)]) -> Result<()> {
+    let dir = "usr/lib/tmpfiles.d";
+    let Ok(entries) = root.read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".conf") || format!("{dir}/{name}") == VAR_TMPFILES {
+            continue;
+        }
+        let path = format!("{dir}/{name}");
+        if !root.symlink_metadata(&path)?.is_file() {
+            continue;
+        }
+        let text = root.read_to_string(&path)?;
+        let out = rewrite_tmpfiles_text(&text, moved);
+        if out != text {
+            root.remove_file(&path)?;
+            root.write(&path, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn rewrite_tmpfiles_text(text: &str, moved: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let rewritten = match (fields.next(), fields.next()) {
+            (Some(kind), Some(path)) if !kind.starts_with('#') => {
+                moved.iter().find_map(|(link, target)| {
+                    let link = format!("/{link}");
+                    let rest = path.strip_prefix(&link)?;
+                    (rest.is_empty() || rest.starts_with('/')).then(|| {
+                        let at = line.find(path).unwrap_or(0);
+                        format!("{}/{target}{rest}{}", &line[..at], &line[at + path.len()..])
+                    })
+                })
+            }
+            _ => None,
+        };
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// Record `/var` as tmpfiles.d lines: directories (with owner and mode) and symlinks.
@@ -430,6 +481,32 @@ mod tests {
         );
         assert!(!tmpfiles.contains("history.log"));
         assert!(!r.join("vmlinuz").exists());
+    }
+
+    #[test]
+    fn tmpfiles_entries_follow_the_moved_directories() {
+        let moved = [
+            ("home", "var/home"),
+            ("root", "var/roothome"),
+            ("srv", "var/srv"),
+        ];
+        let text = "# c\nQ /home 0755 - - -\nq /srv 0755 - - -\nd- /root/.ssh :0700 root :root -\nd /homework 0755\nL /var/x - - - - /root\n";
+        let out = rewrite_tmpfiles_text(text, &moved);
+        assert!(out.contains("Q /var/home 0755 - - -"), "{out}");
+        assert!(out.contains("q /var/srv 0755"), "{out}");
+        assert!(
+            out.contains("d- /var/roothome/.ssh :0700 root :root -"),
+            "{out}"
+        );
+        assert!(
+            out.contains("d /homework 0755"),
+            "only whole path components: {out}"
+        );
+        assert!(
+            out.contains("L /var/x - - - - /root"),
+            "arguments are left alone: {out}"
+        );
+        assert!(out.starts_with("# c\n"));
     }
 
     #[test]

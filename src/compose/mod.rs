@@ -29,7 +29,7 @@ use crate::tmp::TempTree;
 use crate::treefile::Treefile;
 
 /// Bump when a change to cairn changes what the same inputs compose to.
-const COMPOSE_FORMAT: u32 = 1;
+const COMPOSE_FORMAT: u32 = 2;
 
 /// Options common to a compose run.
 #[derive(Debug, Clone)]

@@ -16,15 +16,21 @@ use crate::manifest::{Manifest, PartKind, Partition};
 
 const SECTOR: u64 = 512;
 
-/// GRUB's embedded configuration: serial and screen, the boot partition by label, then the
-/// syslinux configuration libostree maintains there.
-pub const EARLY_CFG: &str = "serial --unit=0 --speed=115200\n\
-terminal_input serial console\n\
-terminal_output serial console\n\
-search --no-floppy --label boot --set=root\n\
+/// GRUB's embedded configuration (run by its rescue parser: plain commands only, no `if`, no
+/// comments): the boot partition by label, then the syslinux configuration libostree maintains
+/// there. `syslinux_configfile` shows the menu; without a menu it only loads the default entry,
+/// hence the `boot` after it.
+const EARLY_CFG: &str = "search --no-floppy --label boot --set=root\n\
 set prefix=($root)/grub\n\
 syslinux_configfile /syslinux/syslinux.cfg\n\
-echo \"cairn: no bootable entry in /syslinux/syslinux.cfg on the boot partition\"\n";
+boot\n\
+echo cairn: no bootable entry in /syslinux/syslinux.cfg on the boot partition\n";
+
+/// With BIOS GRUB drives the serial port itself; under UEFI the firmware already mirrors its
+/// console there (GRUB's own serial terminal would print everything twice).
+const BIOS_SERIAL: &str = "serial --unit=0 --speed=115200\n\
+terminal_input serial console\n\
+terminal_output serial console\n";
 
 const GRUB_MODULES: &[&str] = &[
     "part_gpt",
@@ -44,8 +50,10 @@ const GRUB_MODULES: &[&str] = &[
 
 /// Build GRUB's BIOS core image and UEFI executable with the embedded config.
 pub fn grub_images(work: &Path) -> Result<()> {
-    let cfg = work.join("early.cfg");
-    std::fs::write(&cfg, EARLY_CFG)?;
+    let cfg = work.join("early-bios.cfg");
+    std::fs::write(&cfg, format!("{BIOS_SERIAL}{EARLY_CFG}"))?;
+    let efi_cfg = work.join("early-efi.cfg");
+    std::fs::write(&efi_cfg, EARLY_CFG)?;
     Cmd::new("grub-mkimage")
         .args(["-O", "i386-pc", "-p", "/grub", "-c"])
         .arg(&cfg)
@@ -57,7 +65,7 @@ pub fn grub_images(work: &Path) -> Result<()> {
         .context("building GRUB's BIOS core image")?;
     Cmd::new("grub-mkimage")
         .args(["-O", "x86_64-efi", "-p", "/grub", "-c"])
-        .arg(&cfg)
+        .arg(&efi_cfg)
         .arg("-o")
         .arg(work.join("BOOTX64.EFI"))
         .args(GRUB_MODULES)
@@ -87,6 +95,38 @@ pub fn mkfs_ext4(
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .run()
         .with_context(|| format!("making the {label} filesystem"))?;
+    Ok(())
+}
+
+/// `mkfs.ext4 -d` does not copy inode flags: give each deployment root in the root filesystem
+/// image back the immutable flag libostree sets on it (EXT4_IMMUTABLE_FL), with debugfs.
+pub fn set_immutable(fs_image: &Path, paths: &[String]) -> Result<()> {
+    const IMMUTABLE: u64 = 0x10;
+    for p in paths {
+        let stat = Cmd::new("debugfs")
+            .arg("-R")
+            .arg(format!("stat {p}"))
+            .arg(fs_image)
+            .run()
+            .with_context(|| format!("reading the flags of {p}"))?;
+        let flags = stat
+            .stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "Flags:")
+            .nth(1)
+            .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+            .with_context(|| format!("no flags for {p} in debugfs's output"))?;
+        Cmd::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!(
+                "set_inode_field {p} flags 0x{:x}",
+                flags | IMMUTABLE
+            ))
+            .arg(fs_image)
+            .run()
+            .with_context(|| format!("making {p} immutable"))?;
+    }
     Ok(())
 }
 

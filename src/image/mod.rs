@@ -41,6 +41,8 @@ const REMOTE: &str = "cairn";
 
 struct Ctx<'a> {
     m: &'a Manifest,
+    /// The deployment's directory, relative to the sysroot.
+    deployment: String,
     opts: &'a ImageOpts,
     progress: &'a Progress,
     ref_: String,
@@ -85,6 +87,7 @@ pub fn build(
     let work = TempTree::new_in(&opts.cache.join("tmp"), &format!("image-{}", m.name))?;
     let mut ctx = Ctx {
         m,
+        deployment: String::new(),
         opts,
         progress,
         ref_: if rev == commit {
@@ -138,6 +141,7 @@ fn deploy_step(ctx: &mut Ctx) -> Result<()> {
     let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
     crate::manifest::check_boot_size(ctx.m, kernels)?;
     ph.done(&dep);
+    ctx.deployment = dep;
     Ok(())
 }
 
@@ -177,6 +181,7 @@ fn filesystems(ctx: &mut Ctx) -> Result<()> {
         &ctx.w("root.ext4"),
         ctx.epoch,
     )?;
+    disk::set_immutable(&ctx.w("root.ext4"), &[format!("/{}", ctx.deployment)])?;
     disk::grub_images(ctx.work.path())?;
     if ctx.m.firmware.contains(&Firmware::Uefi) {
         let esp = ctx.part(PartKind::Esp)?;
