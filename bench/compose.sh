@@ -10,22 +10,11 @@ command -v sfdisk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -
 cargo build --release -q
 bin=$PWD/target/release/cairn
 w=${1:-/var/tmp/cairn-bench}
-# ostree marks deployment roots immutable; clear that before removing a tree.
-clean() {
-  find "$1" -maxdepth 8 -path '*/ostree/deploy/*/deploy/*' -type d -exec chattr -i {} + 2>/dev/null || true
-  rm -rf "$1"
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 clean "$w"; mkdir -p "$w"
 unset SOURCE_DATE_EPOCH
 
-# seconds COMMAND...: run quietly, print the wall time.
-seconds() {
-  local s e
-  s=$(date +%s.%N)
-  "$@" >"$w/last.out" 2>"$w/last.err" || { cat "$w/last.err" >&2; exit 1; }
-  e=$(date +%s.%N)
-  python3 -c "print(f'{$e - $s:.2f}')"
-}
 
 peer=../shared/peer/by-hand.sh
 echo "by-hand pipeline ($peer)..." >&2

@@ -9,19 +9,10 @@ bash .ci/deps
 cargo build --release -q
 bin=$PWD/target/release/cairn
 w=${1:-/var/tmp/cairn-image-bench}
-clean() {
-  find "$1" -maxdepth 8 -path '*/ostree/deploy/*/deploy/*' -type d -exec chattr -i {} + 2>/dev/null || true
-  rm -rf "$1"
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 clean "$w"; mkdir -p "$w"
 unset SOURCE_DATE_EPOCH
-seconds() {
-  local s e
-  s=$(date +%s.%N)
-  "$@" >"$w/last.out" 2>"$w/last.err" || { cat "$w/last.err" >&2; exit 1; }
-  e=$(date +%s.%N)
-  python3 -c "print(f'{$e - $s:.2f}')"
-}
 
 echo "by-hand pipeline..." >&2
 bash ../shared/peer/by-hand.sh "$w/byhand" >"$w/byhand.txt"
