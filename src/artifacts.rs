@@ -179,9 +179,7 @@ pub fn stream_metadata(r: &Release, arch: &str) -> serde_json::Value {
             )
         })
         .collect();
-    let updated = chrono::DateTime::from_timestamp(r.timestamp, 0)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
+    let updated = crate::sbom::rfc3339(r.timestamp);
     serde_json::json!({
         "stream": r.stream,
         "metadata": { "last-modified": updated },
@@ -198,11 +196,7 @@ pub fn stream_metadata(r: &Release, arch: &str) -> serde_json::Value {
 
 /// Write JSON atomically.
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let p = Pending::new(path);
-    std::fs::write(&p.tmp, serde_json::to_vec_pretty(v)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    p.done()?;
-    Ok(())
+    crate::tmp::write_atomic(path, &serde_json::to_vec_pretty(v)?)
 }
 
 #[cfg(test)]

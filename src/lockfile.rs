@@ -54,16 +54,8 @@ impl Lockfile {
              # Written by `cairn compose --write-lockfile`; use it with `--lockfile`.\n",
         );
         text.push_str(&toml::to_string(self)?);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("writing lockfile {}", path.display()))?;
-        std::io::Write::write_all(&mut tmp, text.as_bytes())?;
-        tmp.persist(path)
-            .with_context(|| format!("writing lockfile {}", path.display()))?;
-        Ok(())
+        crate::tmp::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing lockfile {}", path.display()))
     }
 
     /// Check that `resolved` (with digests) is exactly what this lockfile pins.

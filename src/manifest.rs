@@ -10,6 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::treefile::line_of;
+
 /// 1 MiB: partitions start and end on MiB boundaries.
 pub const MIB: u64 = 1 << 20;
 
@@ -141,10 +143,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
-}
-
-fn line_of(src: &str, offset: usize) -> usize {
-    src[..offset.min(src.len())].matches('\n').count() + 1
 }
 
 /// Load and validate the manifest at `path`.

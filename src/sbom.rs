@@ -51,7 +51,8 @@ fn spdx_id(i: usize, name: &str) -> String {
     format!("SPDXRef-Package-{i}-{clean}")
 }
 
-fn rfc3339(secs: i64) -> String {
+/// Seconds since the epoch as an RFC 3339 UTC timestamp.
+pub(crate) fn rfc3339(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())

@@ -598,12 +598,10 @@ impl IndexNote {
             index_digest: index_digest.to_string(),
         };
         let r = (|| -> Result<()> {
-            let dir = path.parent().ok_or_else(|| anyhow!("no parent"))?;
-            std::fs::create_dir_all(dir)?;
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-            serde_json::to_writer(&mut tmp, &note)?;
-            tmp.persist(&path)?;
-            Ok(())
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            crate::tmp::write_atomic(&path, &serde_json::to_vec(&note)?)
         })();
         if let Err(e) = r {
             tracing::warn!(

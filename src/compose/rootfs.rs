@@ -38,10 +38,8 @@ pub fn bootstrap(
     root: &Path,
     epoch: i64,
 ) -> Result<()> {
-    let debs = apt
-        .debs_dir()
-        .canonicalize()
-        .context("resolving the package cache path")?;
+    // Absolute already: AptEnv resolves the cache path.
+    let debs = apt.debs_dir().to_path_buf();
     let q = |p: &Path| crate::cmd::shell_quote(&p.display().to_string());
     // mmdebstrap wants the .debs visible inside the chroot at their host path. The setup hook
     // notes every directory it has to create for them (deepest first), then hardlinks (or, across

@@ -130,7 +130,8 @@ struct Merged {
     parent: Option<Box<Treefile>>,
 }
 
-fn line_of(src: &str, offset: usize) -> usize {
+/// The 1-based line of a byte offset in `src` (for errors from spans).
+pub(crate) fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].matches('\n').count() + 1
 }
 
