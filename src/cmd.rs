@@ -8,6 +8,7 @@ use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -18,7 +19,15 @@ const STDERR_TAIL_LINES: usize = 25;
 pub struct Cmd {
     inner: Command,
     display: String,
+    timeout: Option<Duration>,
+    stdin: Option<Vec<u8>>,
 }
+
+/// The error of a command that ran past its [`Cmd::timeout`]; callers branch on it (an SSH probe
+/// that times out is retried, a test that times out fails).
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` timed out after {1} s")]
+pub struct TimedOut(pub String, pub u64);
 
 /// What a finished command printed.
 #[derive(Debug)]
@@ -34,6 +43,8 @@ impl Cmd {
         Self {
             inner: Command::new(program),
             display,
+            timeout: None,
+            stdin: None,
         }
     }
 
@@ -74,6 +85,58 @@ impl Cmd {
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.inner.current_dir(dir);
         self
+    }
+
+    /// Stop the command (its whole process group) once it has run this long.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Feed these bytes to the command's standard input (otherwise it reads /dev/null).
+    pub fn stdin_bytes(mut self, data: Vec<u8>) -> Self {
+        self.stdin = Some(data);
+        self
+    }
+
+    /// Start the command in the background with stdout and stderr going to `log`; the returned
+    /// guard stops its process group when dropped, so a VM never outlives its owner.
+    pub fn spawn_logged(mut self, log: &Path) -> Result<Spawned> {
+        tracing::debug!(cmd = %self.display, "starting");
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("could not create {}", log.display()))?;
+        let err = file
+            .try_clone()
+            .with_context(|| format!("could not open {} twice", log.display()))?;
+        own_process_group(&mut self.inner);
+        let child = self
+            .inner
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("could not start `{}`", self.display))?;
+        Ok(Spawned {
+            child,
+            display: self.short_display(),
+        })
+    }
+
+    /// Run with this terminal as the command's standard input and output (QEMU's console for
+    /// `cairn vm run`). It stays in cairn's process group, so the terminal's keys reach it, and it
+    /// still dies with cairn.
+    pub fn run_foreground(mut self) -> Result<std::process::ExitStatus> {
+        tracing::debug!(cmd = %self.display, "running in the foreground");
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            self.inner.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.inner
+            .status()
+            .with_context(|| format!("could not run `{}`", self.short_display()))
     }
 
     /// The command line as logged.
@@ -117,21 +180,15 @@ impl Cmd {
 
     fn run_unchecked(mut self) -> Result<(std::process::ExitStatus, Output, String)> {
         tracing::debug!(cmd = %self.display, "running");
-        // The child leads a process group of its own, so that an interrupt can stop it with all
-        // its descendants, and it dies with cairn, so a killed compose leaves no mmdebstrap or
-        // dracut running on into the next one's work tree.
-        // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the parent.
-        unsafe {
-            self.inner.pre_exec(|| {
-                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
-                    .map_err(std::io::Error::from)?;
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        own_process_group(&mut self.inner);
+        let stdin = if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = self
             .inner
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -159,6 +216,15 @@ impl Cmd {
                 .take()
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
         );
+        let in_thread = match (self.stdin.take(), child.stdin.take()) {
+            (Some(data), Some(mut pipe)) => Some(std::thread::spawn(move || {
+                use std::io::Write;
+                // A child that exits without reading all of it is not our error to report.
+                let _ = pipe.write_all(&data);
+            })),
+            _ => None,
+        };
+        let started = Instant::now();
         let status = loop {
             if let Some(st) = child
                 .try_wait()
@@ -173,8 +239,19 @@ impl Cmd {
                 return Err(crate::interrupt::Interrupted)
                     .with_context(|| format!("stopped `{}`", self.short_display()));
             }
+            if let Some(limit) = self.timeout {
+                if started.elapsed() > limit {
+                    stop(&mut child);
+                    let _ = out_thread.join();
+                    let _ = err_thread.join();
+                    return Err(TimedOut(self.short_display(), limit.as_secs()).into());
+                }
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
+        if let Some(t) = in_thread {
+            let _ = t.join();
+        }
         let stdout = out_thread.join().unwrap_or_default();
         let stderr = err_thread.join().unwrap_or_default();
         Ok((
@@ -185,6 +262,58 @@ impl Cmd {
             },
             self.short_display(),
         ))
+    }
+}
+
+/// The child leads a process group of its own, so that an interrupt can stop it with all its
+/// descendants, and it dies with cairn, so a killed compose leaves no mmdebstrap or dracut running
+/// on into the next one's work tree, and a killed test run leaves no VM behind.
+fn own_process_group(cmd: &mut Command) {
+    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
+                .map_err(std::io::Error::from)?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// A background command started by [`Cmd::spawn_logged`]; dropping it stops the command.
+pub struct Spawned {
+    child: std::process::Child,
+    display: String,
+}
+
+impl Spawned {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// If the command has ended, how: an error naming the command and its exit status.
+    pub fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(st)) => bail!("`{}` ended ({st})", self.display),
+            Err(e) => Err(e).with_context(|| format!("waiting for `{}`", self.display)),
+        }
+    }
+
+    /// Wait for the command to end by itself.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.display))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            stop(&mut self.child);
+        }
     }
 }
 
@@ -272,6 +401,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("characters)") && err.len() < 500, "{err}");
+    }
+
+    #[test]
+    fn timeout_stops_the_command() {
+        let t = Instant::now();
+        let err = Cmd::new("sleep")
+            .arg("30")
+            .timeout(Duration::from_millis(300))
+            .run()
+            .unwrap_err();
+        assert!(err.downcast_ref::<TimedOut>().is_some(), "{err:#}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stdin_reaches_the_command() {
+        let out = Cmd::new("wc")
+            .arg("-c")
+            .stdin_bytes(vec![b'x'; 100_000])
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout.trim(), "100000");
+    }
+
+    #[test]
+    fn spawned_command_stops_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut s = Cmd::new("sh")
+            .args(["-c", "echo started; exec sleep 60"])
+            .spawn_logged(&log)
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(s.id() as i32);
+        s.check_running().unwrap();
+        drop(s);
+        // The process is gone (reaped): signalling it fails.
+        assert!(nix::sys::signal::kill(pid, None).is_err());
+        let mut done = Cmd::new("true").spawn_logged(&log).unwrap();
+        assert!(done.wait().unwrap().success());
+        assert!(done.check_running().is_err());
     }
 
     #[test]

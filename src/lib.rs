@@ -3,6 +3,8 @@
 //! The data flows one way: [`treefile`] → [`compose`] (through [`apt`]) → an OSTree commit in
 //! [`repo`], described by [`sbom`] and compared by [`diff`]. [`cmd`] runs every external program;
 //! [`tmp`] holds the guards that clean up temporary trees and mounts; [`progress`] shows it.
+//! [`image`] turns a commit into disk images from a [`manifest`]; [`vm`] boots them under QEMU
+//! and [`vmtest`] proves them with boot tests.
 
 pub mod apt;
 pub mod artifacts;
@@ -18,3 +20,5 @@ pub mod repo;
 pub mod sbom;
 pub mod tmp;
 pub mod treefile;
+pub mod vm;
+pub mod vmtest;

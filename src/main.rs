@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use cairn::{compose, diff, image, manifest, progress::Progress, repo, sbom, treefile};
+use cairn::manifest::Firmware;
+use cairn::vm::{self, Accel};
+use cairn::{compose, diff, image, manifest, progress::Progress, repo, sbom, treefile, vmtest};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +36,110 @@ enum Command {
     Image(ImageArgs),
     /// Compose the manifest's treefile (when it changed), then build its images.
     Build(ImageArgs),
+    /// Boot images under QEMU.
+    Vm {
+        #[command(subcommand)]
+        command: VmCommand,
+    },
+    /// Boot-test an image: run the tests under vm-tests/ inside VMs of it.
+    VmTest(VmTestArgs),
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Boot an image with its console on this terminal (quit with Ctrl-A x).
+    Run(VmRunArgs),
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    /// KVM when a probe guest runs under it, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelArg {
+    fn choice(self) -> Option<Accel> {
+        match self {
+            AccelArg::Auto => None,
+            AccelArg::Kvm => Some(Accel::Kvm),
+            AccelArg::Tcg => Some(Accel::Tcg),
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FirmwareArg {
+    Bios,
+    Uefi,
+}
+
+#[derive(Args)]
+struct VmRunArgs {
+    /// The disk image (qcow2 or raw).
+    image: PathBuf,
+    #[arg(long, value_enum, default_value = "bios")]
+    firmware: FirmwareArg,
+    /// Guest memory.
+    #[arg(long, default_value = "2G")]
+    memory: String,
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Grow the VM's disk to this size (the image's own size by default).
+    #[arg(long)]
+    disk_size: Option<String>,
+    /// SSH public key to provision for `ops` and root (default: ~/.ssh/id_ed25519.pub or
+    /// ~/.ssh/id_rsa.pub when present).
+    #[arg(long)]
+    ssh_key: Option<PathBuf>,
+    /// The hostname to provision.
+    #[arg(long, default_value = "cairn-vm")]
+    hostname: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Boot the image itself, keeping the changes, instead of a throwaway overlay.
+    #[arg(long)]
+    write: bool,
+}
+
+#[derive(Args)]
+struct VmTestArgs {
+    /// Test files or directories of tests (e.g. vm-tests/).
+    #[arg(required = true)]
+    tests: Vec<PathBuf>,
+    /// The image to test.
+    #[arg(long, required_unless_present = "build", conflicts_with = "build")]
+    image: Option<PathBuf>,
+    /// Build this image manifest first (compose included) and test its qcow2 or raw image.
+    #[arg(long, value_name = "MANIFEST")]
+    build: Option<PathBuf>,
+    #[command(flatten)]
+    paths: Paths,
+    /// Where --build writes images.
+    #[arg(long, default_value = "build/images")]
+    images: PathBuf,
+    /// Reports, and the console log, journal and output of every failed test.
+    #[arg(long, default_value = "build/vm-tests")]
+    out: PathBuf,
+    /// VMs at a time (default: as many as cores and memory allow).
+    #[arg(long)]
+    jobs: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Run only tests with this tag (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Time from QEMU's start or a reboot to a settled system.
+    #[arg(long, default_value = "10m")]
+    boot_timeout: String,
+    /// Do not serve the repo (--repo) to the tests as $CAIRN_REPO_URL.
+    #[arg(long)]
+    no_serve_repo: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the repo and cache are.
@@ -162,8 +268,31 @@ fn run_compose(a: ComposeArgs) -> Result<()> {
 }
 
 fn run_image(a: ImageArgs, compose_first: bool) -> Result<()> {
-    let m = manifest::load(&a.manifest)?;
     let progress = Progress::new(a.json);
+    let r = build_images(&a, compose_first, &progress)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for art in &r.artifacts {
+            println!(
+                "{} {} sha256:{} ({} bytes)",
+                art.platform,
+                art.path.display(),
+                art.sha256,
+                art.size
+            );
+        }
+        println!("stream metadata: {}", r.stream_metadata.display());
+    }
+    Ok(())
+}
+
+fn build_images(
+    a: &ImageArgs,
+    compose_first: bool,
+    progress: &Progress,
+) -> Result<image::ImageResult> {
+    let m = manifest::load(&a.manifest)?;
     let rev = match (&a.rev, &m.source) {
         (Some(r), _) => r.clone(),
         (None, manifest::Source::Ref(r)) => r.clone(),
@@ -179,31 +308,153 @@ fn run_image(a: ImageArgs, compose_first: bool) -> Result<()> {
                     keep_failed: false,
                     tmpfs: true,
                 };
-                compose::compose(&tf, &opts, &progress)?;
+                compose::compose(&tf, &opts, progress)?;
             }
             tf.ref_
         }
     };
     let opts = image::ImageOpts {
-        repo: a.paths.repo,
-        cache: a.paths.cache,
-        out: a.out,
+        repo: a.paths.repo.clone(),
+        cache: a.paths.cache.clone(),
+        out: a.out.clone(),
     };
-    let r = image::build(&m, &rev, &opts, &progress)
-        .with_context(|| format!("building the images of {}", a.manifest.display()))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    image::build(&m, &rev, &opts, progress)
+        .with_context(|| format!("building the images of {}", a.manifest.display()))
+}
+
+fn public_key(path: Option<PathBuf>) -> Result<Vec<String>> {
+    let path = match path {
+        Some(p) => Some(p),
+        None => std::env::var_os("HOME").and_then(|h| {
+            ["id_ed25519.pub", "id_rsa.pub"]
+                .iter()
+                .map(|f| PathBuf::from(&h).join(".ssh").join(f))
+                .find(|p| p.is_file())
+        }),
+    };
+    match path {
+        Some(p) => {
+            let k = std::fs::read_to_string(&p)
+                .with_context(|| format!("could not read the SSH key {}", p.display()))?;
+            if !k.starts_with("ssh-") && !k.starts_with("ecdsa-") {
+                anyhow::bail!("{}: not an SSH public key", p.display());
+            }
+            Ok(vec![k.trim().to_string()])
+        }
+        None => {
+            tracing::warn!("no SSH public key (--ssh-key): nobody can log in over SSH");
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn run_vm(a: VmRunArgs) -> Result<()> {
+    let memory = manifest::parse_size(&a.memory)
+        .with_context(|| format!("--memory {:?}: not a size like 2G", a.memory))?;
+    let disk_size = a
+        .disk_size
+        .as_deref()
+        .map(|s| manifest::parse_size(s).with_context(|| format!("--disk-size {s:?}: not a size")))
+        .transpose()?;
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-vm-")
+        .tempdir()
+        .context("could not make a temporary directory")?;
+    vm::image_info(&a.image)?;
+    let seed = dir.path().join("seed.img");
+    vm::seed::write(
+        &vm::seed::Provision {
+            instance_id: format!("cairn-vm-{}", std::process::id()),
+            hostname: a.hostname.clone(),
+            ssh_keys: public_key(a.ssh_key)?,
+        },
+        dir.path(),
+        &seed,
+    )?;
+    let spec = vm::Spec {
+        image: a.image,
+        firmware: match a.firmware {
+            FirmwareArg::Bios => Firmware::Bios,
+            FirmwareArg::Uefi => Firmware::Uefi,
+        },
+        memory_mib: memory >> 20,
+        cpus: a.cpus,
+        disk_size,
+        seed: Some(seed),
+        accel: a.accel.choice().unwrap_or_else(|| vm::accel(dir.path())),
+        console: vm::Console::Terminal,
+        write_image: a.write,
+    };
+    let (_, status) = vm::run_foreground(&spec, dir.path())?;
+    if !status.success() {
+        anyhow::bail!("QEMU ended with {status}");
+    }
+    Ok(())
+}
+
+fn run_vm_test(a: VmTestArgs) -> Result<()> {
+    let boot_timeout = vmtest::header::parse_duration(&a.boot_timeout).with_context(|| {
+        format!(
+            "--boot-timeout {:?}: not a duration like 10m",
+            a.boot_timeout
+        )
+    })?;
+    let image = match (&a.image, &a.build) {
+        (Some(i), _) => i.clone(),
+        (None, Some(m)) => {
+            let ia = ImageArgs {
+                manifest: m.clone(),
+                paths: Paths {
+                    repo: a.paths.repo.clone(),
+                    cache: a.paths.cache.clone(),
+                },
+                out: a.images.clone(),
+                rev: None,
+                json: a.json,
+            };
+            let r = build_images(&ia, true, &Progress::new(a.json))?;
+            r.artifacts
+                .iter()
+                .find(|x| x.format == "qcow2" || x.format == "raw")
+                .map(|x| x.path.clone())
+                .with_context(|| format!("{}: builds no qcow2 or raw image to boot", m.display()))?
+        }
+        (None, None) => anyhow::bail!("give --image or --build"),
+    };
+    let serve = !a.no_serve_repo && a.paths.repo.join("config").is_file();
+    let opts = vmtest::Options {
+        image,
+        tests: a.tests,
+        out: a.out,
+        jobs: a.jobs,
+        accel: a.accel.choice(),
+        repo: serve.then_some(a.paths.repo),
+        boot_timeout,
+        tags: a.tags,
+    };
+    let json = a.json;
+    let report = vmtest::run(&opts, &|c| {
+        if !json {
+            println!("{}", c.line());
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for art in &r.artifacts {
+        for b in &report.boots {
             println!(
-                "{} {} sha256:{} ({} bytes)",
-                art.platform,
-                art.path.display(),
-                art.sha256,
-                art.size
+                "boot {} ({}, {}): ready in {:.1} s",
+                b.kind,
+                b.firmware,
+                b.accel.as_str(),
+                b.seconds
             );
         }
-        println!("stream metadata: {}", r.stream_metadata.display());
+        println!("{}", report.summary());
+        println!("JUnit report: {}", report.junit.display());
+    }
+    if report.failed > 0 {
+        anyhow::bail!("{} of {} tests failed", report.failed, report.cases.len());
     }
     Ok(())
 }
@@ -275,6 +526,10 @@ fn main() -> ExitCode {
         Command::Sbom(a) => run_sbom(a),
         Command::Image(a) => run_image(a, false),
         Command::Build(a) => run_image(a, true),
+        Command::Vm {
+            command: VmCommand::Run(a),
+        } => run_vm(a),
+        Command::VmTest(a) => run_vm_test(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,6 +42,14 @@ pub fn open_or_create(path: &Path) -> Result<ostree::Repo> {
 }
 
 /// Open an existing repository.
+/// Rewrite the repo's summary file. A repo that nodes pull from needs one: `ostree remote refs`
+/// lists the refs through it.
+pub fn update_summary(path: &Path) -> Result<()> {
+    open(path)?
+        .regenerate_summary(None, gio::Cancellable::NONE)
+        .with_context(|| format!("{}: updating the summary", path.display()))
+}
+
 pub fn open(path: &Path) -> Result<ostree::Repo> {
     if !path.join("config").exists() {
         return Err(anyhow!(

@@ -103,6 +103,10 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
     ] {
         remove_any(root, f)?;
     }
+    // An empty machine-id: systemd writes a new one on the node's first boot, without treating
+    // it as a "first boot" that would apply the distribution's presets (Debian's enable every
+    // unit, so chrony-wait and the like would start on every node though no package enabled them).
+    root.write("etc/machine-id", b"")?;
     root.write("etc/resolv.conf", b"")?;
     if let Ok(entries) = root.read_dir("etc/ssh") {
         for e in entries {
@@ -452,7 +456,7 @@ mod tests {
         );
         assert!(fs::read_dir(r.join("boot")).unwrap().next().is_none());
         assert!(r.join("usr/etc").is_dir() && !r.join("etc").exists());
-        assert!(!r.join("usr/etc/machine-id").exists());
+        assert_eq!(fs::read(r.join("usr/etc/machine-id")).unwrap(), b"");
         assert!(!r.join("usr/etc/hostname").exists());
         assert!(!r.join("usr/etc/ssh/ssh_host_ed25519_key").exists());
         assert!(

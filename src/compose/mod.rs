@@ -29,7 +29,7 @@ use crate::tmp::TempTree;
 use crate::treefile::Treefile;
 
 /// Bump when a change to cairn changes what the same inputs compose to.
-const COMPOSE_FORMAT: u32 = 2;
+const COMPOSE_FORMAT: u32 = 3;
 
 /// Options common to a compose run.
 #[derive(Debug, Clone)]
@@ -87,6 +87,7 @@ pub fn compose(
     };
     let mut results = Vec::new();
     compose_chain(tf, opts, lockfile.as_ref(), progress, &mut results)?;
+    repo::update_summary(&opts.repo)?;
     Ok(results)
 }
 

@@ -1,0 +1,356 @@
+//! Booting a disk image under QEMU: the accelerator probe (KVM when it really runs guests, TCG
+//! otherwise), firmware (SeaBIOS or OVMF), a copy-on-write overlay so the image is never changed,
+//! a NoCloud seed for provisioning, SSH on a forwarded loopback port, and the console in a log.
+//!
+//! A [`Vm`] is a guard: dropping it kills QEMU, also when a test fails or Ctrl-C arrives.
+
+pub mod console;
+pub mod seed;
+pub mod ssh;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{Cmd, Spawned};
+use crate::manifest::Firmware;
+
+/// The OVMF build with Secure Boot off, as Debian 12's `ovmf` ships it.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's variable store template; each VM writes a copy of its own.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How QEMU runs the guest's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The accelerator to use: KVM only if a guest really runs under it. On some machines /dev/kvm
+/// exists but hangs guests, so the probe boots a one-sector guest that exits QEMU through the
+/// isa-debug-exit port, with a short timeout. Probed once per process.
+pub fn accel(work: &Path) -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        if !Path::new("/dev/kvm").exists() {
+            tracing::info!("no /dev/kvm: QEMU runs guests with TCG");
+            return Accel::Tcg;
+        }
+        match probe(work, Accel::Kvm, Duration::from_secs(10)) {
+            Ok(()) => Accel::Kvm,
+            Err(e) => {
+                tracing::info!("KVM does not run guests here ({e:#}); using TCG");
+                Accel::Tcg
+            }
+        }
+    })
+}
+
+/// The exit status QEMU gives when the probe guest writes 1 to the isa-debug-exit port.
+const PROBE_EXIT: i32 = (1 << 1) | 1;
+
+/// Boot the probe guest under `accel`; Ok when it ran its code and QEMU exited in time.
+pub fn probe(work: &Path, accel: Accel, limit: Duration) -> Result<()> {
+    // mov al, 1; out 0xf4, al; hlt; jmp $-1 — then the boot signature.
+    let mut sector = vec![0u8; 512];
+    sector[..7].copy_from_slice(&[0xb0, 0x01, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd]);
+    sector[510] = 0x55;
+    sector[511] = 0xaa;
+    let dir = tempfile::Builder::new()
+        .prefix("kvm-probe")
+        .tempdir_in(work)
+        .with_context(|| format!("could not make a directory in {}", work.display()))?;
+    let img = dir.path().join("probe.img");
+    std::fs::write(&img, &sector).with_context(|| format!("could not write {}", img.display()))?;
+    // The same machine and CPU model as the real VMs: on some hosts KVM runs a plain `pc`
+    // guest but aborts or hangs with the host CPU model or q35.
+    let res = Cmd::new("qemu-system-x86_64")
+        .args(machine_args(accel))
+        .args(["-nodefaults", "-display", "none"])
+        .args([
+            "-m",
+            "16",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", img.display()))
+        .timeout(limit)
+        .run_status()?;
+    match res.0.code() {
+        Some(PROBE_EXIT) => Ok(()),
+        _ => bail!(
+            "the probe guest did not exit as expected ({}): {}",
+            res.0,
+            res.1.stderr.trim()
+        ),
+    }
+}
+
+/// The accelerator, machine and CPU model of every VM (and of the probe).
+fn machine_args(accel: Accel) -> [&'static str; 6] {
+    let cpu = match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    };
+    ["-accel", accel.as_str(), "-machine", "q35", "-cpu", cpu]
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone)]
+pub enum Console {
+    /// Into a log file (tests).
+    File(PathBuf),
+    /// On this terminal, with QEMU's monitor on Ctrl-A c (`cairn vm run`).
+    Terminal,
+}
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub image: PathBuf,
+    pub firmware: Firmware,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// Grow the overlay to this many bytes (the image's own size when None).
+    pub disk_size: Option<u64>,
+    /// A NoCloud seed image to attach.
+    pub seed: Option<PathBuf>,
+    pub accel: Accel,
+    pub console: Console,
+    /// Boot the image itself instead of an overlay (its changes persist).
+    pub write_image: bool,
+}
+
+/// What `qemu-img info` says of an image.
+#[derive(Debug, serde::Deserialize)]
+pub struct ImageInfo {
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+}
+
+/// Read an image's format and size; a missing or unreadable image is an error naming it.
+pub fn image_info(image: &Path) -> Result<ImageInfo> {
+    if !image.is_file() {
+        bail!("{}: no such image file", image.display());
+    }
+    let out = Cmd::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(image)
+        .run()
+        .with_context(|| format!("{}: not a disk image QEMU can read", image.display()))?;
+    serde_json::from_str(&out.stdout)
+        .with_context(|| format!("{}: unexpected `qemu-img info` output", image.display()))
+}
+
+/// A free TCP port on the loopback interface for the guest's SSH.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("could not find a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A running VM. Dropping it kills QEMU.
+pub struct Vm {
+    qemu: Spawned,
+    pub ssh_port: u16,
+    pub console_log: Option<PathBuf>,
+    pub qemu_log: PathBuf,
+    pub started: Instant,
+}
+
+/// The QEMU command line for `spec`, with the overlay and vars files in `dir`.
+fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
+    let info = image_info(&spec.image)?;
+    let disk = if spec.write_image {
+        spec.image.clone()
+    } else {
+        let overlay = dir.join("overlay.qcow2");
+        let image = std::path::absolute(&spec.image)
+            .with_context(|| format!("{}: no absolute path", spec.image.display()))?;
+        let mut c = Cmd::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", &info.format, "-b"])
+            .arg(&image)
+            .arg(&overlay);
+        if let Some(size) = spec.disk_size {
+            if size < info.virtual_size {
+                bail!(
+                    "{}: the disk size {size} is smaller than the image ({} bytes)",
+                    spec.image.display(),
+                    info.virtual_size
+                );
+            }
+            c = c.arg(size.to_string());
+        }
+        c.run()?;
+        overlay
+    };
+    let format = if spec.write_image {
+        info.format.as_str()
+    } else {
+        "qcow2"
+    };
+    let mut c = Cmd::new("qemu-system-x86_64")
+        .args(machine_args(spec.accel))
+        .args(["-m", &spec.memory_mib.to_string()])
+        .args(["-smp", &spec.cpus.to_string(), "-display", "none"])
+        .arg("-drive")
+        .arg(format!(
+            "if=virtio,file={},format={format},discard=unmap",
+            disk.display()
+        ))
+        .args(["-netdev"])
+        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .args(["-device", "virtio-net-pci,netdev=net0"])
+        .args(["-device", "virtio-rng-pci"]);
+    if let Some(seed) = &spec.seed {
+        c = c.arg("-drive").arg(format!(
+            "if=virtio,file={},format=raw,readonly=on",
+            seed.display()
+        ));
+    }
+    if spec.firmware == Firmware::Uefi {
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| {
+            format!("could not copy {OVMF_VARS} (is Debian's `ovmf` package installed?)")
+        })?;
+        c = c
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
+    c = match &spec.console {
+        Console::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
+        Console::Terminal => c.args(["-serial", "mon:stdio"]),
+    };
+    Ok(c)
+}
+
+impl Vm {
+    /// Boot `spec` in the background with its files (overlay, vars, logs) in `dir`.
+    pub fn start(spec: &Spec, dir: &Path) -> Result<Self> {
+        let port = free_port()?;
+        let qemu_log = dir.join("qemu.log");
+        let cmd = qemu_cmd(spec, dir, port)?;
+        tracing::info!(
+            "booting {} ({}, {}) with SSH on 127.0.0.1:{port}",
+            spec.image.display(),
+            firmware_name(spec.firmware),
+            spec.accel.as_str()
+        );
+        let qemu = cmd.spawn_logged(&qemu_log)?;
+        let console_log = match &spec.console {
+            Console::File(p) => Some(p.clone()),
+            Console::Terminal => None,
+        };
+        Ok(Vm {
+            qemu,
+            ssh_port: port,
+            console_log,
+            qemu_log,
+            started: Instant::now(),
+        })
+    }
+
+    /// An error if QEMU has ended, with the tail of its own log.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.qemu.check_running().map_err(|e| {
+            let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!("QEMU stopped: {}", tail.join("\n")))
+        })
+    }
+}
+
+/// Run `spec` with the console on this terminal until the guest powers off or QEMU is quit.
+pub fn run_foreground(spec: &Spec, dir: &Path) -> Result<(u16, std::process::ExitStatus)> {
+    let port = free_port()?;
+    let cmd = qemu_cmd(spec, dir, port)?;
+    eprintln!(
+        "cairn: booting {} ({}, {}); SSH: ssh -p {port} ops@127.0.0.1; quit: Ctrl-A x",
+        spec.image.display(),
+        firmware_name(spec.firmware),
+        spec.accel.as_str()
+    );
+    let status = cmd.run_foreground()?;
+    Ok((port, status))
+}
+
+pub fn firmware_name(f: Firmware) -> &'static str {
+    match f {
+        Firmware::Bios => "bios",
+        Firmware::Uefi => "uefi",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have_qemu() -> bool {
+        Path::new("/usr/bin/qemu-system-x86_64").exists()
+    }
+
+    #[test]
+    fn tcg_probe_runs_the_guest_and_a_broken_probe_fails() {
+        if !have_qemu() {
+            eprintln!("qemu-system-x86_64 is not installed; .ci/deps installs it");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        probe(dir.path(), Accel::Tcg, Duration::from_secs(60)).unwrap();
+        // The same guest with no time to run is reported, not taken for working.
+        let err = probe(dir.path(), Accel::Tcg, Duration::from_millis(1)).unwrap_err();
+        assert!(format!("{err:#}").contains("timed out"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_image_is_named() {
+        let err = image_info(Path::new("/nonexistent/x.qcow2")).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/x.qcow2"));
+    }
+
+    #[test]
+    fn overlay_smaller_than_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.raw");
+        std::fs::write(&img, vec![0u8; 2 << 20]).unwrap();
+        let spec = Spec {
+            image: img,
+            firmware: Firmware::Bios,
+            memory_mib: 256,
+            cpus: 1,
+            disk_size: Some(1 << 20),
+            seed: None,
+            accel: Accel::Tcg,
+            console: Console::Terminal,
+            write_image: false,
+        };
+        let err = qemu_cmd(&spec, dir.path(), 2222).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("smaller than the image"),
+            "{err:#}"
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! Finding the tests under `vm-tests/` and reading their headers.
+//!
+//! A test is an executable file. Right after its `#!` line, a block of lines starting with `##`
+//! is TOML that sets how it runs:
+//!
+//! ```text
+//! #!/bin/bash
+//! ## timeout = "10m"            # the whole test, all its boots included
+//! ## memory = "1536M"
+//! ## firmware = ["bios", "uefi"] # runs once per firmware
+//! ## tags = ["basic"]
+//! ## exclusive = true           # a VM of its own (it changes the host)
+//! ## disk-size = "8G"           # the VM's disk (default: the image plus 2 GiB)
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::manifest::{parse_size, Firmware};
+use crate::treefile::line_of;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHeader {
+    timeout: Option<toml::Spanned<toml::Value>>,
+    memory: Option<toml::Spanned<String>>,
+    firmware: Option<toml::Spanned<Vec<String>>>,
+    tags: Option<Vec<String>>,
+    exclusive: Option<bool>,
+    disk_size: Option<toml::Spanned<String>>,
+}
+
+/// One test, read and checked.
+#[derive(Debug, Clone)]
+pub struct TestDef {
+    /// The path below the suite's directory, e.g. `basic/no-failed-units`.
+    pub name: String,
+    pub path: PathBuf,
+    pub timeout: Duration,
+    pub memory_mib: u64,
+    pub firmware: Vec<Firmware>,
+    pub tags: Vec<String>,
+    pub exclusive: bool,
+    pub disk_size: Option<u64>,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MEMORY_MIB: u64 = 1536;
+
+/// Parse "90s", "10m", "1h" or a number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    (n > 0).then(|| Duration::from_secs(n * mult))
+}
+
+/// Read the header of the test at `path`, named `name`.
+pub fn read(path: &Path, name: &str) -> Result<TestDef> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: no such test", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: a test must be a file", path.display());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        bail!(
+            "{}: not executable (a test is an executable file; chmod +x it)",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    let mut first_line = 1;
+    if text.starts_with("#!") {
+        lines.next();
+        first_line = 2;
+    }
+    let header: Vec<&str> = lines
+        .take_while(|l| l.starts_with("##"))
+        .map(|l| {
+            l.trim_start_matches("##")
+                .strip_prefix(' ')
+                .unwrap_or(l.trim_start_matches("##"))
+        })
+        .collect();
+    let src = header.join("\n");
+    let at = |offset: usize| {
+        format!(
+            "{}:{}",
+            path.display(),
+            first_line - 1 + line_of(&src, offset)
+        )
+    };
+    let raw: RawHeader = toml::from_str(&src).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| at(s.start))
+            .unwrap_or_else(|| path.display().to_string());
+        anyhow::anyhow!("{line}: bad test header: {}", e.message())
+    })?;
+    let timeout = match &raw.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(v) => {
+            let d = match v.get_ref() {
+                toml::Value::String(s) => parse_duration(s),
+                toml::Value::Integer(n) if *n > 0 => Some(Duration::from_secs(*n as u64)),
+                _ => None,
+            };
+            d.with_context(|| {
+                format!(
+                    "{}: key `timeout`: not a duration like \"90s\" or \"10m\"",
+                    at(v.span().start)
+                )
+            })?
+        }
+    };
+    let memory_mib = match &raw.memory {
+        None => DEFAULT_MEMORY_MIB,
+        Some(m) => parse_size(m.get_ref())
+            .filter(|b| *b >= 256 << 20)
+            .map(|b| b >> 20)
+            .with_context(|| {
+                format!(
+                    "{}: key `memory`: {:?} is not a size of at least 256M",
+                    at(m.span().start),
+                    m.get_ref()
+                )
+            })?,
+    };
+    let disk_size = match &raw.disk_size {
+        None => None,
+        Some(d) => Some(parse_size(d.get_ref()).with_context(|| {
+            format!(
+                "{}: key `disk-size`: {:?} is not a size like \"8G\"",
+                at(d.span().start),
+                d.get_ref()
+            )
+        })?),
+    };
+    let firmware = match &raw.firmware {
+        None => vec![Firmware::Bios],
+        Some(f) => {
+            let mut out = Vec::new();
+            for s in f.get_ref() {
+                let fw = match s.as_str() {
+                    "bios" => Firmware::Bios,
+                    "uefi" => Firmware::Uefi,
+                    other => bail!(
+                        "{}: key `firmware`: {other:?} is not `bios` or `uefi`",
+                        at(f.span().start)
+                    ),
+                };
+                if !out.contains(&fw) {
+                    out.push(fw);
+                }
+            }
+            if out.is_empty() {
+                bail!("{}: key `firmware`: empty", at(f.span().start));
+            }
+            out
+        }
+    };
+    Ok(TestDef {
+        name: name.to_string(),
+        path: path.to_path_buf(),
+        timeout,
+        memory_mib,
+        firmware,
+        tags: raw.tags.unwrap_or_default(),
+        exclusive: raw.exclusive.unwrap_or(false),
+        disk_size,
+    })
+}
+
+/// The name of a test given as a file: its path below the last `vm-tests` directory, or its
+/// file name.
+fn name_of_file(path: &Path) -> String {
+    let comps: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    match comps.iter().rposition(|c| c == "vm-tests") {
+        Some(i) if i + 1 < comps.len() => comps[i + 1..].join("/"),
+        _ => comps.last().cloned().unwrap_or_default(),
+    }
+}
+
+/// Files in a suite directory that are not tests.
+fn ignored(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".md") || name.ends_with('~')
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<TestDef>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        if ignored(&fname) {
+            continue;
+        }
+        let path = e.path();
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push(read(&path, &rel.to_string_lossy())?);
+        }
+    }
+    Ok(())
+}
+
+/// Every test named by `paths` (files or directories, walked in name order).
+pub fn discover(paths: &[PathBuf]) -> Result<Vec<TestDef>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, p, &mut out)?;
+        } else {
+            out.push(read(p, &name_of_file(p))?);
+        }
+    }
+    if out.is_empty() {
+        bail!("no tests found in {paths:?}");
+    }
+    let mut names: Vec<&str> = out.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("test {} is named twice", w[0]);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, body: &str, mode: u32) -> PathBuf {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn header_sets_the_run() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "vm-tests/basic/t",
+            "#!/bin/sh\n## timeout = \"5m\"\n## memory = \"2G\"\n## firmware = [\"bios\", \"uefi\"]\n## tags = [\"basic\"]\n## exclusive = true\n## disk-size = \"8G\"\necho hi\n## not header\n",
+            0o755,
+        );
+        let t = read(&p, "basic/t").unwrap();
+        assert_eq!(t.timeout, Duration::from_secs(300));
+        assert_eq!(t.memory_mib, 2048);
+        assert_eq!(t.firmware, vec![Firmware::Bios, Firmware::Uefi]);
+        assert_eq!(t.tags, vec!["basic"]);
+        assert!(t.exclusive);
+        assert_eq!(t.disk_size, Some(8 << 30));
+        let t = discover(&[p]).unwrap();
+        assert_eq!(t[0].name, "basic/t");
+    }
+
+    #[test]
+    fn defaults_without_a_header() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "t", "#!/bin/sh\ntrue\n", 0o755);
+        let t = read(&p, "t").unwrap();
+        assert_eq!(t.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(t.firmware, vec![Firmware::Bios]);
+        assert!(!t.exclusive);
+    }
+
+    #[test]
+    fn bad_headers_name_file_line_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        for (body, want) in [
+            (
+                "#!/bin/sh\n## tags = []\n## timeout = \"soon\"\n",
+                ":3: key `timeout`",
+            ),
+            (
+                "#!/bin/sh\n## firmware = [\"coreboot\"]\n",
+                ":2: key `firmware`",
+            ),
+            ("#!/bin/sh\n## memory = \"12\"\n", ":2: key `memory`"),
+            (
+                "#!/bin/sh\n## colour = 1\n",
+                ":2: bad test header: unknown field `colour`",
+            ),
+            ("#!/bin/sh\n## timeout = \n", ":2: bad test header"),
+        ] {
+            let p = write(d.path(), "t", body, 0o755);
+            let e = format!("{:#}", read(&p, "t").unwrap_err());
+            assert!(
+                e.contains(&format!("{}{want}", p.display())),
+                "{body:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_executable_and_missing_tests_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "suite/t", "#!/bin/sh\n", 0o644);
+        let e = format!("{:#}", discover(&[d.path().join("suite")]).unwrap_err());
+        assert!(e.contains("not executable"), "{e}");
+        let e = format!("{:#}", discover(&[d.path().join("nope")]).unwrap_err());
+        assert!(e.contains("no such test"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(d.path(), "suite/README.md", "docs", 0o644);
+        let t = discover(&[d.path().join("suite")]).unwrap();
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("m"), None);
+    }
+}

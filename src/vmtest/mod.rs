@@ -1,0 +1,635 @@
+//! `cairn vm-test`: boot tests under QEMU, the way kola proves Fedora CoreOS.
+//!
+//! Every test (an executable under `vm-tests/`, see [`header`]) runs inside a booted VM of the
+//! image. Tests that share firmware, memory and disk size and are not `exclusive` share one VM
+//! and run one after another in it; each VM boots from its own copy-on-write overlay, gets an
+//! ephemeral SSH key through a NoCloud seed, and counts as booted only when `systemctl
+//! is-system-running` settles to `running` and its console shows no fatal pattern. VMs run in
+//! parallel within the machine's cores and memory. A test reboots the VM by calling
+//! `$CAIRN_REBOOT <mark>` and is run again after the boot with `$CAIRN_REBOOT_MARK` set.
+
+pub mod header;
+pub mod report;
+pub mod serve;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::TimedOut;
+use crate::manifest::Firmware;
+use crate::vm::ssh::{Key, Ssh};
+use crate::vm::{self, console, seed, Accel, Console, Spec, Vm};
+use header::TestDef;
+use report::{Boot, CaseResult, Report, Status};
+
+/// Where tests and their helper live in the guest (on /var, so it survives reboots).
+const GUEST_DIR: &str = "/var/tmp/cairn-vm-test";
+/// How many reboots one test may ask for.
+const MAX_REBOOTS: usize = 10;
+/// The reboot helper a test calls as `$CAIRN_REBOOT <mark>`: it leaves the mark for the harness
+/// and ends the test, like autopkgtest-reboot.
+const REBOOT_HELPER: &str = "#!/bin/sh\n\
+# cairn-reboot MARK: reboot the VM, then run this test again with CAIRN_REBOOT_MARK=MARK.\n\
+[ -n \"$1\" ] || { echo 'usage: cairn-reboot MARK' >&2; exit 2; }\n\
+printf '%s\\n' \"$1\" > /var/tmp/cairn-vm-test/reboot-mark\n\
+kill -TERM \"$PPID\"\n";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub image: PathBuf,
+    pub tests: Vec<PathBuf>,
+    /// Reports and the logs of failed tests.
+    pub out: PathBuf,
+    /// VMs at a time (default: as many as cores and memory allow).
+    pub jobs: Option<usize>,
+    /// Force an accelerator instead of probing.
+    pub accel: Option<Accel>,
+    /// An OSTree repository to serve to tests as `$CAIRN_REPO_URL`.
+    pub repo: Option<PathBuf>,
+    /// From QEMU's start (or a reboot) to a settled system.
+    pub boot_timeout: Duration,
+    /// Run only tests with one of these tags (all when empty).
+    pub tags: Vec<String>,
+}
+
+/// One test under one firmware.
+#[derive(Debug, Clone)]
+struct Case {
+    def: TestDef,
+    firmware: Firmware,
+}
+
+impl Case {
+    fn id(&self) -> String {
+        format!("{}@{}", self.def.name, vm::firmware_name(self.firmware))
+    }
+
+    fn result(
+        &self,
+        status: Status,
+        took: Duration,
+        message: String,
+        output: String,
+        artifacts: Option<PathBuf>,
+    ) -> CaseResult {
+        CaseResult {
+            id: self.id(),
+            name: self.def.name.clone(),
+            firmware: vm::firmware_name(self.firmware),
+            status,
+            seconds: took.as_secs_f64(),
+            message,
+            output,
+            artifacts,
+        }
+    }
+}
+
+/// The tests one VM runs.
+#[derive(Debug)]
+struct Group {
+    id: usize,
+    firmware: Firmware,
+    memory_mib: u64,
+    disk_size: u64,
+    cases: Vec<Case>,
+}
+
+/// Share VMs between tests that can share them; one VM for each exclusive test.
+fn plan(tests: &[TestDef], default_disk: u64) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for def in tests {
+        for &firmware in &def.firmware {
+            let disk_size = def.disk_size.unwrap_or(default_disk);
+            let case = Case {
+                def: def.clone(),
+                firmware,
+            };
+            let shared = groups.iter_mut().find(|g| {
+                !def.exclusive
+                    && g.firmware == firmware
+                    && g.memory_mib == def.memory_mib
+                    && g.disk_size == disk_size
+                    && !g.cases.iter().any(|c| c.def.exclusive)
+            });
+            match shared {
+                Some(g) => g.cases.push(case),
+                None => groups.push(Group {
+                    id: groups.len() + 1,
+                    firmware,
+                    memory_mib: def.memory_mib,
+                    disk_size,
+                    cases: vec![case],
+                }),
+            }
+        }
+    }
+    groups
+}
+
+/// Everything the VM runners share.
+struct Ctx<'a> {
+    opts: &'a Options,
+    accel: Accel,
+    key: Key,
+    work: &'a Path,
+    cpus: u32,
+    default_disk: u64,
+    repo_url: Option<String>,
+    report: Mutex<Report>,
+    on_result: &'a (dyn Fn(&CaseResult) + Sync),
+}
+
+/// Run the tests; `on_result` sees each result as it comes.
+pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<Report> {
+    let started = Instant::now();
+    let info = vm::image_info(&opts.image)?;
+    let mut tests = header::discover(&opts.tests)?;
+    if !opts.tags.is_empty() {
+        tests.retain(|t| t.tags.iter().any(|g| opts.tags.contains(g)));
+        if tests.is_empty() {
+            bail!("no test has one of the tags {:?}", opts.tags);
+        }
+    }
+    if tests.iter().any(|t| t.firmware.contains(&Firmware::Uefi))
+        && !Path::new(vm::OVMF_CODE).exists()
+    {
+        bail!(
+            "{} is missing: UEFI tests need Debian's `ovmf` package",
+            vm::OVMF_CODE
+        );
+    }
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("could not create {}", opts.out.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".work-")
+        .tempdir_in(&opts.out)
+        .with_context(|| format!("could not make a work directory in {}", opts.out.display()))?;
+    let accel = match opts.accel {
+        Some(a) => a,
+        None => vm::accel(work.path()),
+    };
+    let server = opts
+        .repo
+        .as_deref()
+        .map(serve::RepoServer::start)
+        .transpose()?;
+    let key = Key::generate(work.path())?;
+    // Disks are bigger than the image by default, so that growing the root is exercised.
+    let default_disk = info.virtual_size + (2 << 30);
+    let groups = plan(&tests, default_disk);
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let biggest = groups.iter().map(|g| g.memory_mib).max().unwrap_or(1024);
+    let by_memory = crate::tmp::memory_available()
+        .map(|m| (m >> 20) / (biggest + 512))
+        .unwrap_or(1) as usize;
+    let jobs = opts
+        .jobs
+        .unwrap_or_else(|| cores.min(by_memory))
+        .clamp(1, groups.len().max(1));
+    let cpus = (cores / jobs).max(1) as u32;
+    tracing::info!(
+        "{} tests in {} VMs, {jobs} at a time, {cpus} CPU{} each, {}",
+        tests.len(),
+        groups.len(),
+        if cpus == 1 { "" } else { "s" },
+        accel.as_str()
+    );
+    let junit = opts.out.join("junit.xml");
+    let ctx = Ctx {
+        opts,
+        accel,
+        key,
+        work: work.path(),
+        cpus,
+        default_disk,
+        repo_url: server.as_ref().map(|s| s.guest_url()),
+        report: Mutex::new(Report::new(opts.image.clone(), accel, jobs, junit)),
+        on_result,
+    };
+    let queue = Mutex::new(groups.into_iter().collect::<VecDeque<_>>());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                let Some(group) = next else { break };
+                run_group(&ctx, group);
+            });
+        }
+    });
+    drop(server);
+    let mut report = ctx
+        .report
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a test runner panicked"))?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.write_junit()?;
+    crate::interrupt::check()?;
+    Ok(report)
+}
+
+fn record(ctx: &Ctx, c: CaseResult) {
+    (ctx.on_result)(&c);
+    if let Ok(mut r) = ctx.report.lock() {
+        r.add(c);
+    }
+}
+
+fn record_boot(ctx: &Ctx, firmware: Firmware, kind: &'static str, took: Duration) {
+    tracing::info!(
+        "{} boot ({}, {}) ready in {:.1} s",
+        kind,
+        vm::firmware_name(firmware),
+        ctx.accel.as_str(),
+        took.as_secs_f64()
+    );
+    if let Ok(mut r) = ctx.report.lock() {
+        r.boots.push(Boot {
+            firmware: vm::firmware_name(firmware),
+            accel: ctx.accel,
+            kind,
+            seconds: took.as_secs_f64(),
+        });
+    }
+}
+
+/// A running VM and how to reach it.
+struct Guest {
+    vm: Vm,
+    ssh: Ssh,
+    console: PathBuf,
+    hostname: String,
+}
+
+impl Guest {
+    /// Fail on a dead QEMU or a fatal console line.
+    fn check(&mut self) -> Result<()> {
+        self.vm.check_running()?;
+        if let Some((pat, line)) = console::scan(&self.console) {
+            bail!("the console shows {pat:?}: {line}");
+        }
+        Ok(())
+    }
+
+    /// Wait for SSH, then for systemd to settle; `running` is good, anything else is an error
+    /// naming the failed units.
+    fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+        let ssh = self.ssh.clone();
+        ssh.wait(deadline, &mut || self.check())?;
+        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+        let state = match ssh.status("systemctl is-system-running --wait", left) {
+            Ok((_, out)) => out.stdout.trim().to_string(),
+            Err(e) if e.downcast_ref::<TimedOut>().is_some() => {
+                let jobs = ssh
+                    .run("systemctl list-jobs --no-legend", Duration::from_secs(30))
+                    .map(|o| o.stdout)
+                    .unwrap_or_default();
+                bail!("systemd did not settle in time; jobs still queued:\n{jobs}");
+            }
+            Err(e) => return Err(e),
+        };
+        self.check()?;
+        match state.as_str() {
+            "running" => Ok(()),
+            "degraded" => {
+                let failed = ssh
+                    .run(
+                        "systemctl --failed --no-legend --plain | cut -d' ' -f1",
+                        Duration::from_secs(30),
+                    )
+                    .map(|o| o.stdout.split_whitespace().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                bail!("the system is degraded; failed units: {failed}")
+            }
+            other => bail!("the system is {other:?}, not running"),
+        }
+    }
+
+    fn boot_id(&self) -> Result<String> {
+        Ok(self
+            .ssh
+            .run(
+                "cat /proc/sys/kernel/random/boot_id",
+                Duration::from_secs(30),
+            )?
+            .stdout
+            .trim()
+            .to_string())
+    }
+
+    /// Reboot and wait until the new boot is ready.
+    fn reboot(&mut self, deadline: Instant) -> Result<()> {
+        let before = self.boot_id()?;
+        // The connection may drop before systemctl answers.
+        let _ = self.ssh.status("systemctl reboot", Duration::from_secs(30));
+        loop {
+            crate::interrupt::check()?;
+            self.check()?;
+            if Instant::now() > deadline {
+                bail!("the VM did not come back from its reboot in time");
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            match self.boot_id() {
+                Ok(id) if id != before && !id.is_empty() => break,
+                _ => continue,
+            }
+        }
+        self.wait_ready(deadline)
+    }
+}
+
+fn run_group(ctx: &Ctx, group: Group) {
+    let fw = vm::firmware_name(group.firmware);
+    let dir = ctx.work.join(format!("vm-{}-{fw}", group.id));
+    let hostname = format!("cairn-test-{}-{fw}", group.id);
+    let started = Instant::now();
+    let guest = boot_group(ctx, &group, &dir, &hostname);
+    let mut guest = match guest {
+        Ok(g) => {
+            record_boot(ctx, group.firmware, "first", started.elapsed());
+            g
+        }
+        Err(e) => {
+            let msg = format!("boot failed: {e:#}");
+            for case in &group.cases {
+                let artifacts = save_artifacts(ctx, &case.id(), None, &dir, "");
+                let took = started.elapsed();
+                let r = case.result(Status::Fail, took, msg.clone(), String::new(), artifacts);
+                record(ctx, r);
+            }
+            return;
+        }
+    };
+    for case in &group.cases {
+        let t = Instant::now();
+        let (status, message, output) = if crate::interrupt::requested() {
+            (Status::Fail, "interrupted".to_string(), String::new())
+        } else {
+            match run_case(ctx, &mut guest, case) {
+                Ok(r) => r,
+                Err(e) => (Status::Fail, format!("{e:#}"), String::new()),
+            }
+        };
+        let artifacts = (status == Status::Fail)
+            .then(|| save_artifacts(ctx, &case.id(), Some(&guest), &dir, &output))
+            .flatten();
+        record(
+            ctx,
+            case.result(status, t.elapsed(), message, output, artifacts),
+        );
+    }
+}
+
+fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Guest> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let seed_img = dir.join("seed.img");
+    seed::write(
+        &seed::Provision {
+            instance_id: format!("cairn-vm-test-{}", group.id),
+            hostname: hostname.to_string(),
+            ssh_keys: vec![ctx.key.public.clone()],
+        },
+        dir,
+        &seed_img,
+    )?;
+    let console = dir.join("console.log");
+    let spec = Spec {
+        image: ctx.opts.image.clone(),
+        firmware: group.firmware,
+        memory_mib: group.memory_mib,
+        cpus: ctx.cpus,
+        disk_size: Some(group.disk_size),
+        seed: Some(seed_img),
+        accel: ctx.accel,
+        console: Console::File(console.clone()),
+        write_image: false,
+    };
+    let vm = Vm::start(&spec, dir)?;
+    let mut guest = Guest {
+        ssh: Ssh {
+            port: vm.ssh_port,
+            key: ctx.key.private.clone(),
+            user: "root".into(),
+        },
+        vm,
+        console,
+        hostname: hostname.to_string(),
+    };
+    guest.wait_ready(Instant::now() + ctx.opts.boot_timeout)?;
+    Ok(guest)
+}
+
+/// Quote for the guest's shell.
+fn q(s: &str) -> String {
+    crate::cmd::shell_quote(s)
+}
+
+/// Run one test, following its reboots; (status, message, output).
+fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, String)> {
+    let deadline = Instant::now() + case.def.timeout;
+    let body = std::fs::read(&case.def.path)
+        .with_context(|| format!("reading {}", case.def.path.display()))?;
+    let file = format!("{GUEST_DIR}/{}", case.def.name.replace('/', "--"));
+    let short = Duration::from_secs(60);
+    g.ssh.run_with_input(
+        &format!("mkdir -p {GUEST_DIR} && cat > {GUEST_DIR}/cairn-reboot && chmod 0755 {GUEST_DIR}/cairn-reboot"),
+        REBOOT_HELPER.as_bytes().to_vec(),
+        short,
+    )?;
+    g.ssh.run_with_input(
+        &format!("cat > {} && chmod 0755 {}", q(&file), q(&file)),
+        body,
+        short,
+    )?;
+    let mut env = vec![
+        ("CAIRN_TEST_NAME", case.def.name.clone()),
+        ("CAIRN_REBOOT", format!("{GUEST_DIR}/cairn-reboot")),
+        (
+            "CAIRN_VM_FIRMWARE",
+            vm::firmware_name(case.firmware).to_string(),
+        ),
+        ("CAIRN_VM_HOSTNAME", g.hostname.clone()),
+        ("CAIRN_VM_SSH_KEY", ctx.key.public.clone()),
+        (
+            "CAIRN_VM_DISK_SIZE",
+            case.def.disk_size.unwrap_or(ctx.default_disk).to_string(),
+        ),
+    ];
+    if let Some(url) = &ctx.repo_url {
+        env.push(("CAIRN_REPO_URL", url.clone()));
+    }
+    let mut mark = String::new();
+    let mut output = String::new();
+    for boot in 0..=MAX_REBOOTS {
+        let vars: Vec<String> = env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", q(v)))
+            .chain(std::iter::once(format!("CAIRN_REBOOT_MARK={}", q(&mark))))
+            .collect();
+        // The exit status goes to a file too: ssh's own 255 (a broken connection) and a test
+        // that exits 255 then stay apart.
+        let cmd = format!(
+            "cd {GUEST_DIR} && rm -f reboot-mark exit-status && env {} {} 2>&1; echo $? > exit-status",
+            vars.join(" "),
+            q(&file)
+        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, out) = match g.ssh.status(&cmd, left) {
+            Ok(r) => r,
+            Err(e) if e.downcast_ref::<TimedOut>().is_some() => {
+                return Ok((
+                    Status::Fail,
+                    format!("timed out after {} s", case.def.timeout.as_secs()),
+                    output,
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        if boot > 0 {
+            output.push_str(&format!("--- after reboot {boot} (mark {mark:?}) ---\n"));
+        }
+        output.push_str(&out.stdout);
+        output.push_str(&out.stderr);
+        let read = |f: &str| {
+            g.ssh
+                .status(&format!("cat {GUEST_DIR}/{f} 2>/dev/null"), short)
+                .map(|(_, o)| o.stdout.trim().to_string())
+                .unwrap_or_default()
+        };
+        let next = read("reboot-mark");
+        let code: Option<i32> = read("exit-status").parse().ok();
+        if !next.is_empty() {
+            mark = next;
+            let t = Instant::now();
+            g.reboot(deadline)?;
+            record_boot(ctx, case.firmware, "reboot", t.elapsed());
+            continue;
+        }
+        g.check()?;
+        let tail = tail_lines(&output, 1);
+        return Ok(match code {
+            Some(0) => (Status::Pass, String::new(), output),
+            Some(77) => (Status::Skip, tail, output),
+            Some(c) => (Status::Fail, format!("exit status {c}: {tail}"), output),
+            None => (
+                Status::Fail,
+                "the connection broke: the guest rebooted or crashed without a reboot mark"
+                    .to_string(),
+                output,
+            ),
+        });
+    }
+    Ok((
+        Status::Fail,
+        format!("more than {MAX_REBOOTS} reboots"),
+        output,
+    ))
+}
+
+fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
+}
+
+/// Keep the console log, QEMU's log, the test's output and the guest's journal of a failed test.
+fn save_artifacts(
+    ctx: &Ctx,
+    id: &str,
+    guest: Option<&Guest>,
+    vm_dir: &Path,
+    output: &str,
+) -> Option<PathBuf> {
+    let dir = report::artifact_dir(&ctx.opts.out, id);
+    let res = (|| -> Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        for f in ["console.log", "qemu.log"] {
+            let src = vm_dir.join(f);
+            if src.exists() {
+                std::fs::copy(&src, dir.join(f))?;
+            }
+        }
+        std::fs::write(dir.join("output.txt"), output)?;
+        if let Some(g) = guest {
+            let journal = match g.ssh.run(
+                "journalctl --no-pager -o short-monotonic",
+                Duration::from_secs(120),
+            ) {
+                Ok(o) => o.stdout,
+                Err(e) => format!("could not read the journal: {e:#}\n"),
+            };
+            std::fs::write(dir.join("journal.txt"), journal)?;
+        }
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            tracing::warn!(
+                "could not save the logs of {id} in {}: {e:#}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, fw: &[Firmware], exclusive: bool, mem: u64) -> TestDef {
+        TestDef {
+            name: name.into(),
+            path: PathBuf::from(name),
+            timeout: Duration::from_secs(60),
+            memory_mib: mem,
+            firmware: fw.to_vec(),
+            tags: vec![],
+            exclusive,
+            disk_size: None,
+        }
+    }
+
+    #[test]
+    fn plan_shares_vms_and_isolates_exclusive_tests() {
+        use Firmware::*;
+        let tests = vec![
+            def("a", &[Bios, Uefi], false, 1536),
+            def("b", &[Bios], false, 1536),
+            def("c", &[Bios], true, 1536),
+            def("d", &[Bios], false, 2048),
+            def("e", &[Uefi], false, 1536),
+        ];
+        let g = plan(&tests, 6 << 30);
+        let names: Vec<(Firmware, Vec<String>)> = g
+            .iter()
+            .map(|g| (g.firmware, g.cases.iter().map(|c| c.id()).collect()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (Bios, vec!["a@bios".to_string(), "b@bios".into()]),
+                (Uefi, vec!["a@uefi".into(), "e@uefi".into()]),
+                (Bios, vec!["c@bios".into()]),
+                (Bios, vec!["d@bios".into()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn reboot_helper_is_valid_shell() {
+        let out = crate::cmd::Cmd::new("sh")
+            .args(["-n", "-c", REBOOT_HELPER])
+            .run();
+        assert!(out.is_ok(), "{out:?}");
+    }
+}

@@ -1,0 +1,201 @@
+//! Test results: one line per test for people, JSON for machines, JUnit XML for CI, and the
+//! console log, journal and output of every failed test kept on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+use serde::Serialize;
+
+use crate::vm::Accel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        }
+    }
+}
+
+/// The result of one test under one firmware.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// `name@firmware`.
+    pub id: String,
+    pub name: String,
+    pub firmware: &'static str,
+    pub status: Status,
+    pub seconds: f64,
+    /// Why it failed or was skipped.
+    pub message: String,
+    #[serde(skip)]
+    pub output: String,
+    /// Where the console log, journal and output of a failed test are.
+    pub artifacts: Option<PathBuf>,
+}
+
+impl CaseResult {
+    /// The line printed for it.
+    pub fn line(&self) -> String {
+        let mut l = format!("{} {} ({:.1} s)", self.status.word(), self.id, self.seconds);
+        if !self.message.is_empty() {
+            l.push_str(": ");
+            l.push_str(self.message.lines().next().unwrap_or(""));
+        }
+        if let Some(a) = &self.artifacts {
+            l.push_str(&format!(" [logs: {}]", a.display()));
+        }
+        l
+    }
+}
+
+/// How long a boot took from QEMU's start (or the reboot) to a settled `running` system.
+#[derive(Debug, Clone, Serialize)]
+pub struct Boot {
+    pub firmware: &'static str,
+    pub accel: Accel,
+    /// `first` or `reboot`.
+    pub kind: &'static str,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub image: PathBuf,
+    pub accel: Accel,
+    pub jobs: usize,
+    pub seconds: f64,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub junit: PathBuf,
+    pub cases: Vec<CaseResult>,
+    pub boots: Vec<Boot>,
+}
+
+impl Report {
+    pub fn new(image: PathBuf, accel: Accel, jobs: usize, junit: PathBuf) -> Self {
+        Report {
+            image,
+            accel,
+            jobs,
+            seconds: 0.0,
+            passed: 0,
+            failed: 0,
+            skipped: 0,
+            junit,
+            cases: Vec::new(),
+            boots: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, c: CaseResult) {
+        match c.status {
+            Status::Pass => self.passed += 1,
+            Status::Fail => self.failed += 1,
+            Status::Skip => self.skipped += 1,
+        }
+        self.cases.push(c);
+    }
+
+    /// The summary line.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped in {:.1} s ({}, {} VM{} at a time)",
+            self.passed,
+            self.failed,
+            self.skipped,
+            self.seconds,
+            self.accel.as_str(),
+            self.jobs,
+            if self.jobs == 1 { "" } else { "s" }
+        )
+    }
+
+    /// Write the JUnit XML report.
+    pub fn write_junit(&self) -> Result<()> {
+        let mut suite = TestSuite::new("cairn-vm-test");
+        let mut cases = self.cases.clone();
+        cases.sort_by(|a, b| a.id.cmp(&b.id));
+        for c in &cases {
+            let mut status = match c.status {
+                Status::Pass => TestCaseStatus::success(),
+                Status::Fail => TestCaseStatus::non_success(NonSuccessKind::Failure),
+                Status::Skip => TestCaseStatus::skipped(),
+            };
+            if !c.message.is_empty() {
+                status.set_message(c.message.clone());
+            }
+            let mut tc = TestCase::new(c.id.clone(), status);
+            tc.set_classname(c.name.clone());
+            tc.set_time(Duration::from_secs_f64(c.seconds));
+            if !c.output.is_empty() {
+                tc.set_system_out(c.output.clone());
+            }
+            suite.add_test_case(tc);
+        }
+        let mut report = quick_junit::Report::new("cairn");
+        report.add_test_suite(suite);
+        let xml = report
+            .to_string()
+            .context("could not render the JUnit report")?;
+        crate::tmp::write_atomic(&self.junit, xml.as_bytes())
+    }
+}
+
+/// Where a failed test's logs go: `<out>/<name>@<firmware>/`.
+pub fn artifact_dir(out: &Path, id: &str) -> PathBuf {
+    out.join(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn junit_and_summary() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Report::new("x.qcow2".into(), Accel::Tcg, 2, d.path().join("junit.xml"));
+        for (n, s) in [
+            ("a", Status::Pass),
+            ("b", Status::Fail),
+            ("c", Status::Skip),
+        ] {
+            r.add(CaseResult {
+                id: format!("{n}@bios"),
+                name: n.into(),
+                firmware: "bios",
+                status: s,
+                seconds: 1.5,
+                message: if s == Status::Fail {
+                    "exit status 3".into()
+                } else {
+                    String::new()
+                },
+                output: "out".into(),
+                artifacts: None,
+            });
+        }
+        r.write_junit().unwrap();
+        let xml = std::fs::read_to_string(d.path().join("junit.xml")).unwrap();
+        assert!(xml.contains("tests=\"3\""), "{xml}");
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(xml.contains("skipped=\"1\""), "{xml}");
+        assert!(xml.contains("exit status 3"), "{xml}");
+        assert!(r.summary().starts_with("1 passed, 1 failed, 1 skipped"));
+        assert!(r.cases[1]
+            .line()
+            .starts_with("FAIL b@bios (1.5 s): exit status 3"));
+    }
+}
