@@ -86,3 +86,68 @@ fn shipped_manifest_parses() {
     assert_eq!(m.partitions.len(), 4);
     assert_eq!(m.firmware.len(), 2, "bios and uefi in one image");
 }
+
+fn vm_test_err(dir: &Path, args: &[&str]) -> String {
+    let out = cairn()
+        .arg("vm-test")
+        .args(args)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .arg("--repo")
+        .arg(dir.join("no-repo"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "vm-test {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn vm_test_bad_input_is_named_before_any_vm_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let image = dir.join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let tests = dir.join("tests");
+    std::fs::create_dir(&tests).unwrap();
+    let t = tests.join("t");
+    std::fs::write(&t, "#!/bin/sh\ntrue\n").unwrap();
+
+    let e = vm_test_err(
+        dir,
+        &["--image", "/nonexistent/disk.qcow2", t.to_str().unwrap()],
+    );
+    assert!(
+        e.contains("/nonexistent/disk.qcow2: no such image file"),
+        "{e}"
+    );
+
+    let e = vm_test_err(
+        dir,
+        &["--image", image.to_str().unwrap(), t.to_str().unwrap()],
+    );
+    assert!(e.contains("not executable"), "{e}");
+
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&t, "#!/bin/sh\n## timeout = \"forever\"\ntrue\n").unwrap();
+    let e = vm_test_err(
+        dir,
+        &["--image", image.to_str().unwrap(), t.to_str().unwrap()],
+    );
+    assert!(
+        e.contains(&format!("{}:2: key `timeout`", t.display())),
+        "{e}"
+    );
+
+    let e = vm_test_err(
+        dir,
+        &[
+            "--image",
+            image.to_str().unwrap(),
+            dir.join("none").to_str().unwrap(),
+        ],
+    );
+    assert!(e.contains("no such test"), "{e}");
+    // Nothing was booted.
+    assert!(!dir.join("out").join("junit.xml").exists());
+}

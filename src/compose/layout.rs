@@ -71,6 +71,24 @@ fn empty_dir(root: &Dir, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Remove every file and symlink below `path`, keeping the directories.
+fn remove_files_below(root: &Dir, path: &Path) -> Result<()> {
+    let Ok(entries) = root.read_dir(path) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let p = path.join(e.file_name());
+        if root.symlink_metadata(&p)?.is_dir() {
+            remove_files_below(root, &p)?;
+        } else {
+            root.remove_file(&p)
+                .with_context(|| format!("removing /{}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Convert an installed root to OSTree's layout.
 pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
     let moddir = format!("usr/lib/modules/{kver}");
@@ -138,8 +156,13 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
             remove_any(root, &format!("{DPKG_DB}/{f}"))?;
         }
     }
-    for d in ["var/cache", "var/log", "var/lib/apt/lists", "var/tmp"] {
+    for d in ["var/lib/apt/lists", "var/tmp"] {
         empty_dir(root, d)?;
+    }
+    // Logs and caches go, but not the directories packages made for them (nginx does not start
+    // without /var/log/nginx): they become tmpfiles.d entries like the rest of /var.
+    for d in ["var/cache", "var/log"] {
+        remove_files_below(root, Path::new(d))?;
     }
     // /home, /root, /opt, /srv and /mnt become links into /var; what packages or `useradd`
     // put there moves along, so that its directories are recreated at boot like the rest of /var.
@@ -403,6 +426,7 @@ mod tests {
             "usr/lib/modules/6.1.0-test",
             "var/lib/dpkg/info",
             "var/log/apt",
+            "var/log/nginx",
             "var/cache/apt",
             "var/lib/systemd",
             "var/spool/cron",
@@ -474,6 +498,10 @@ mod tests {
         }
         let tmpfiles = fs::read_to_string(r.join(VAR_TMPFILES)).unwrap();
         assert!(tmpfiles.contains("d /var/spool/cron 0755"), "{tmpfiles}");
+        // Package directories for logs survive as entries; the logs themselves do not.
+        assert!(tmpfiles.contains("d /var/log/nginx 0755"), "{tmpfiles}");
+        assert!(tmpfiles.contains("d /var/log/apt 0755"), "{tmpfiles}");
+        assert!(!tmpfiles.contains("history.log"), "{tmpfiles}");
         assert!(
             tmpfiles.contains("L /var/lock - - - - ../run/lock"),
             "{tmpfiles}"

@@ -29,7 +29,7 @@ use crate::tmp::TempTree;
 use crate::treefile::Treefile;
 
 /// Bump when a change to cairn changes what the same inputs compose to.
-const COMPOSE_FORMAT: u32 = 3;
+const COMPOSE_FORMAT: u32 = 4;
 
 /// Options common to a compose run.
 #[derive(Debug, Clone)]
