@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::apt::sha256_file;
 use crate::cmd::Cmd;
-use crate::manifest::Format;
+use crate::manifest::{Format, Qcow2Compression};
 
 /// One finished artifact.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -75,8 +74,14 @@ impl Drop for Pending {
     }
 }
 
-/// Convert `raw` into `format` at `dest` (atomically) and describe the result.
-pub fn convert(raw: &Path, format: Format, dest: &Path) -> Result<Artifact> {
+/// Convert `raw` into `format` at `dest` (atomically) and describe the result. The same raw disk
+/// gives the same bytes: qemu-img writes its clusters in order (no `-W`).
+pub fn convert(
+    raw: &Path,
+    format: Format,
+    dest: &Path,
+    qcow2: Qcow2Compression,
+) -> Result<Artifact> {
     let p = Pending::new(dest);
     let qemu_img = |args: &[&str]| -> Result<()> {
         Cmd::new("qemu-img")
@@ -89,14 +94,15 @@ pub fn convert(raw: &Path, format: Format, dest: &Path) -> Result<Artifact> {
         Ok(())
     };
     match format {
-        Format::Raw => {
-            Cmd::new("cp")
-                .args(["--sparse=always", "--"])
-                .arg(raw)
-                .arg(&p.tmp)
-                .run()?;
-        }
-        Format::Qcow2 => qemu_img(&["-c", "-O", "qcow2"])?,
+        // A second link when the output is on the same filesystem: nothing to copy.
+        Format::Raw => link_or_copy(raw, &p.tmp)?,
+        Format::Qcow2 => match qcow2 {
+            Qcow2Compression::Zstd => {
+                qemu_img(&["-c", "-O", "qcow2", "-o", "compression_type=zstd"])?
+            }
+            Qcow2Compression::Zlib => qemu_img(&["-c", "-O", "qcow2"])?,
+            Qcow2Compression::None => qemu_img(&["-O", "qcow2"])?,
+        },
         Format::Vmdk => qemu_img(&["-O", "vmdk", "-o", "subformat=streamOptimized"])?,
         // Azure takes fixed VHDs whose virtual size is a whole number of MiB; force_size keeps
         // qemu-img from rounding it to CHS geometry.
@@ -105,14 +111,7 @@ pub fn convert(raw: &Path, format: Format, dest: &Path) -> Result<Artifact> {
             // GCE wants a tarball holding exactly `disk.raw`, sparse, gzip-compressed.
             let dir = tempfile::tempdir_in(dest.parent().unwrap_or(Path::new(".")))?;
             let inner = dir.path().join("disk.raw");
-            std::fs::hard_link(raw, &inner).or_else(|_| {
-                Cmd::new("cp")
-                    .args(["--sparse=always", "--"])
-                    .arg(raw)
-                    .arg(&inner)
-                    .run()
-                    .map(|_| ())
-            })?;
+            link_or_copy(raw, &inner)?;
             Cmd::new("tar")
                 .args([
                     "--format=oldgnu",
@@ -130,7 +129,7 @@ pub fn convert(raw: &Path, format: Format, dest: &Path) -> Result<Artifact> {
                 .context("packing the GCE tarball")?;
         }
     }
-    let sha256 = sha256_file(&p.tmp)?;
+    let sha256 = sha256_sparse(&p.tmp)?;
     let size = std::fs::metadata(&p.tmp)?.len();
     let path = p.done()?;
     let (platform, fmt, _) = platform_of(format);
@@ -141,6 +140,65 @@ pub fn convert(raw: &Path, format: Format, dest: &Path) -> Result<Artifact> {
         sha256,
         size,
     })
+}
+
+/// The SHA-256 of a file, reading only its data: holes are hashed as the zeros they are without
+/// being read (reading the holes of a 4 GiB raw disk costs seconds of zeroed page cache).
+pub fn sha256_sparse(path: &Path) -> Result<String> {
+    use nix::unistd::{lseek, Whence};
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+
+    const CHUNK: usize = 1 << 20;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut h = Sha256::new();
+    let zeros = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match lseek(f.as_raw_fd(), pos as i64, Whence::SeekData) {
+            Ok(d) => (d as u64).min(len),
+            Err(nix::errno::Errno::ENXIO) => len, // only a hole is left
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut hole = data - pos;
+        while hole > 0 {
+            let n = (hole as usize).min(CHUNK);
+            h.update(&zeros[..n]);
+            hole -= n as u64;
+        }
+        if data == len {
+            break;
+        }
+        let end = lseek(f.as_raw_fd(), data as i64, Whence::SeekHole)
+            .with_context(|| format!("reading {}", path.display()))? as u64;
+        f.seek(SeekFrom::Start(data))?;
+        let mut left = end.min(len) - data;
+        while left > 0 {
+            let n = (left as usize).min(CHUNK);
+            f.read_exact(&mut buf[..n])
+                .with_context(|| format!("reading {}", path.display()))?;
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        pos = end.min(len);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// `dest` as a hard link to `src`, or a sparse copy where a link cannot be made.
+fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
+    if std::fs::hard_link(src, dest).is_ok() {
+        return Ok(());
+    }
+    Cmd::new("cp")
+        .args(["--sparse=always", "--"])
+        .arg(src)
+        .arg(dest)
+        .run()?;
+    Ok(())
 }
 
 /// What a stream-metadata document says about one build.
@@ -226,11 +284,23 @@ mod tests {
             Format::Gce,
         ] {
             let (_, _, suffix) = platform_of(f);
-            let a = convert(&raw, f, &out.join(format!("x.{suffix}"))).unwrap();
-            assert_eq!(a.sha256, sha256_file(&a.path).unwrap());
+            let a = convert(
+                &raw,
+                f,
+                &out.join(format!("x.{suffix}")),
+                Qcow2Compression::Zstd,
+            )
+            .unwrap();
+            assert_eq!(a.sha256, crate::apt::sha256_file(&a.path).unwrap());
             assert!(a.size > 0);
             arts.push(a);
         }
+        let info = Cmd::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(out.join("x.qcow2"))
+            .run()
+            .unwrap();
+        assert!(info.stdout.contains("\"compression-type\": \"zstd\""));
         // A fixed VHD is the raw disk plus a 512-byte footer: the size stays MiB-aligned.
         let vhd = arts.iter().find(|a| a.format == "vhd").unwrap();
         assert_eq!(vhd.size, (8 << 20) + 512);
@@ -263,10 +333,42 @@ mod tests {
     }
 
     #[test]
+    fn sparse_digest_is_the_whole_file_digest() {
+        use std::io::{Seek, SeekFrom, Write};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sparse");
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.set_len(9 << 20).unwrap();
+        for (at, what) in [
+            (0u64, &b"head"[..]),
+            (3 << 20, b"middle"),
+            ((9 << 20) - 1, b"t"),
+        ] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(what).unwrap();
+        }
+        f.set_len((9 << 20) + 4097).unwrap(); // a hole at the end too
+        drop(f);
+        let whole = crate::apt::sha256_file(&p).unwrap();
+        assert_eq!(sha256_sparse(&p).unwrap(), whole);
+        std::fs::write(&p, b"").unwrap();
+        assert_eq!(
+            sha256_sparse(&p).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
     fn a_failed_conversion_leaves_no_artifact() {
         let d = tempfile::tempdir().unwrap();
         let dest = d.path().join("x.qcow2");
-        assert!(convert(&d.path().join("missing.raw"), Format::Qcow2, &dest).is_err());
+        assert!(convert(
+            &d.path().join("missing.raw"),
+            Format::Qcow2,
+            &dest,
+            Qcow2Compression::Zlib
+        )
+        .is_err());
         assert!(!dest.exists());
         assert!(std::fs::read_dir(d.path()).unwrap().next().is_none());
     }

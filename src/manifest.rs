@@ -28,6 +28,7 @@ struct RawManifest {
     firmware: Option<Spanned<Vec<String>>>,
     formats: Option<Spanned<Vec<String>>>,
     provisioning: Option<Spanned<String>>,
+    qcow2_compression: Option<Spanned<String>>,
     partitions: Option<Vec<Spanned<RawPartition>>>,
 }
 
@@ -101,6 +102,18 @@ pub enum Provisioning {
     None,
 }
 
+/// How the qcow2 artifact's clusters are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qcow2Compression {
+    /// zstd (the default): about 6× faster to write than zlib and a little smaller; read by
+    /// QEMU 5.1 (2020) and later, hence by every supported distribution's qemu-img and libvirt.
+    Zstd,
+    /// zlib: read by every qcow2 reader, QEMU before 5.1 included.
+    Zlib,
+    /// Uncompressed clusters (the empty ones are still left out).
+    None,
+}
+
 /// Where the commit comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -122,6 +135,7 @@ pub struct Manifest {
     pub firmware: Vec<Firmware>,
     pub formats: Vec<Format>,
     pub provisioning: Provisioning,
+    pub qcow2_compression: Qcow2Compression,
     pub partitions: Vec<Partition>,
 }
 
@@ -253,18 +267,25 @@ pub fn load(path: &Path) -> Result<Manifest> {
             })
             .collect::<Result<_>>()?,
     };
-    let provisioning = match raw
-        .provisioning
-        .as_ref()
-        .map(|p| (p.get_ref().as_str(), p.span().start))
-    {
-        None | Some(("nocloud", _)) => Provisioning::NoCloud,
-        Some(("none", _)) => Provisioning::None,
-        Some((other, off)) => bail!(
-            "{}: key `provisioning`: {other:?} is not `nocloud` or `none`",
-            at(off)
-        ),
-    };
+    let provisioning = one_of(
+        &raw.provisioning,
+        "provisioning",
+        &[
+            ("nocloud", Provisioning::NoCloud),
+            ("none", Provisioning::None),
+        ],
+        &at,
+    )?;
+    let qcow2_compression = one_of(
+        &raw.qcow2_compression,
+        "qcow2-compression",
+        &[
+            ("zstd", Qcow2Compression::Zstd),
+            ("zlib", Qcow2Compression::Zlib),
+            ("none", Qcow2Compression::None),
+        ],
+        &at,
+    )?;
     let partitions = layout(raw.partitions, size, &firmware, &at, &file)?;
     Ok(Manifest {
         path: path.to_path_buf(),
@@ -276,8 +297,37 @@ pub fn load(path: &Path) -> Result<Manifest> {
         firmware,
         formats,
         provisioning,
+        qcow2_compression,
         partitions,
     })
+}
+
+/// The value of a key that takes one of `choices`; the first when the key is absent.
+fn one_of<T: Copy>(
+    value: &Option<Spanned<String>>,
+    key: &str,
+    choices: &[(&str, T)],
+    at: &dyn Fn(usize) -> String,
+) -> Result<T> {
+    let default = choices
+        .first()
+        .ok_or_else(|| anyhow!("internal: key `{key}` has no choices"))?;
+    let Some(v) = value else {
+        return Ok(default.1);
+    };
+    if let Some((_, t)) = choices.iter().find(|(name, _)| name == v.get_ref()) {
+        return Ok(*t);
+    }
+    let names: Vec<String> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    bail!(
+        "{}: key `{key}`: {:?} is not {list}",
+        at(v.span().start),
+        v.get_ref()
+    )
 }
 
 /// The default layout: BIOS boot, ESP, /boot, root.
@@ -449,6 +499,13 @@ mod tests {
         assert_eq!(last.kind, PartKind::Root);
         assert_eq!(last.start + last.size, (2 << 30) - MIB);
         assert_eq!(m.firmware, vec![Firmware::Bios, Firmware::Uefi]);
+        assert_eq!(m.qcow2_compression, Qcow2Compression::Zstd);
+        let m = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nqcow2-compression = \"zlib\"\n",
+        ))
+        .unwrap();
+        assert_eq!(m.qcow2_compression, Qcow2Compression::Zlib);
     }
 
     #[test]
@@ -462,6 +519,8 @@ mod tests {
             ("name = \"x\"\ntreefile = \"t.toml\"\nformats = [\"iso\"]\n", "m.toml:3: key `formats`"),
             ("name = \"x\"\ntreefile = \"t.toml\"\nfirmware = [\"coreboot\"]\n", "m.toml:3: key `firmware`"),
             ("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"tiny\"\n", "m.toml:3: key `size`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nqcow2-compression = \"xz\"\n", "m.toml:3: key `qcow2-compression`: \"xz\" is not `zstd`, `zlib` or `none`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nprovisioning = \"ignition\"\n", "m.toml:3: key `provisioning`: \"ignition\" is not `nocloud` or `none`"),
         ];
         for (body, want) in cases {
             let e = format!("{:#}", load(&write(d.path(), body)).unwrap_err());

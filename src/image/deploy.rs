@@ -48,6 +48,9 @@ pub fn deploy(sysroot_dir: &Path, o: &DeployOpts) -> Result<String> {
         .init_osname(o.osname, gio::Cancellable::NONE)
         .with_context(|| format!("initializing os {}", o.osname))?;
     let repo = sysroot.repo();
+    // The sysroot is a work tree read by mkfs, not a disk that must survive a crash: no fsync
+    // (an in-memory switch; the repo's config on the image keeps fsync on).
+    repo.set_disable_fsync(true);
     let config = repo.copy_config();
     config.set_string("sysroot", "bootloader", "syslinux");
     repo.write_config(&config)

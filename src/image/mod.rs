@@ -100,19 +100,43 @@ pub fn build(
         epoch: info.timestamp as i64,
         work,
     };
-    let steps: [fn(&mut Ctx) -> Result<()>; 3] = [deploy_step, filesystems, assemble];
+    let steps: [fn(&mut Ctx) -> Result<()>; 2] = [deploy_step, filesystems];
     for step in steps {
         crate::interrupt::check()?;
         step(&mut ctx)?;
     }
     crate::interrupt::check()?;
-    convert(&ctx)
+    // The trees mkfs read are not needed for the formats: removed meanwhile (whatever is left
+    // goes with the work tree).
+    let trees = [ctx.w("sysroot"), ctx.w("bootfs")];
+    std::thread::scope(|s| {
+        let rm = s.spawn(|| trees.iter().try_for_each(|t| crate::tmp::remove_tree(t)));
+        let result = convert(&ctx);
+        let _ = rm.join();
+        result
+    })
 }
 
+/// The deployment, and meanwhile what needs nothing from it: the partition table, GRUB and
+/// the ESP (sgdisk alone sleeps a second for a kernel that never rereads a file's table).
 fn deploy_step(ctx: &mut Ctx) -> Result<()> {
-    let ph = ctx
-        .progress
-        .phase("deploy", "deploying the commit into a fresh sysroot");
+    let ph = ctx.progress.phase(
+        "deploy",
+        "deploying the commit into a fresh sysroot; partition table, GRUB, ESP",
+    );
+    let c: &Ctx = ctx;
+    let (dep, disk) = std::thread::scope(|s| {
+        let disk = s.spawn(|| bootloader(c));
+        (deploy_tree(c), disk.join())
+    });
+    let dep = dep?;
+    disk.map_err(|_| anyhow!("internal: the partition table thread panicked"))??;
+    ph.done(&dep);
+    ctx.deployment = dep;
+    Ok(())
+}
+
+fn deploy_tree(ctx: &Ctx) -> Result<String> {
     let sysroot = ctx.w("sysroot");
     std::fs::create_dir_all(&sysroot)?;
     let mut kargs = vec!["root=LABEL=root".to_string(), "rw".to_string()];
@@ -140,9 +164,7 @@ fn deploy_step(ctx: &mut Ctx) -> Result<()> {
     std::fs::create_dir(sysroot.join("boot"))?;
     let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
     crate::manifest::check_boot_size(ctx.m, kernels)?;
-    ph.done(&dep);
-    ctx.deployment = dep;
-    Ok(())
+    Ok(dep)
 }
 
 fn dir_size(p: &Path) -> Result<u64> {
@@ -160,46 +182,54 @@ fn dir_size(p: &Path) -> Result<u64> {
 }
 
 fn filesystems(ctx: &mut Ctx) -> Result<()> {
-    let ph = ctx
-        .progress
-        .phase("filesystems", "making filesystems from directories");
-    let boot = ctx.part(PartKind::Boot)?.clone();
-    let root = ctx.part(PartKind::Root)?.clone();
+    let ph = ctx.progress.phase(
+        "filesystems",
+        "boot and root filesystems from directories, in place",
+    );
+    let raw = ctx.w("disk.raw");
     disk::mkfs_ext4(
         &ctx.w("bootfs"),
         "boot",
         &ctx.guid("fs-boot"),
-        boot.size,
-        &ctx.w("boot.ext4"),
+        &raw,
+        ctx.part(PartKind::Boot)?,
         ctx.epoch,
+        &[],
     )?;
     disk::mkfs_ext4(
         &ctx.w("sysroot"),
         "root",
         &ctx.guid("fs-root"),
-        root.size,
-        &ctx.w("root.ext4"),
+        &raw,
+        ctx.part(PartKind::Root)?,
         ctx.epoch,
+        &[format!("/{}", ctx.deployment)],
     )?;
-    disk::set_immutable(&ctx.w("root.ext4"), &[format!("/{}", ctx.deployment)])?;
-    disk::grub_images(ctx.work.path())?;
-    if ctx.m.firmware.contains(&Firmware::Uefi) {
-        let esp = ctx.part(PartKind::Esp)?;
-        let serial = &ctx.guid("fs-esp").replace('-', "")[..8];
-        disk::mkfs_esp(ctx.work.path(), esp.size, &ctx.w("esp.vfat"), serial)?;
-    }
-    ph.done("boot, root, ESP");
+    // The image has the deployment root's immutable flag; the work tree needs it no more, and
+    // without it the tree is removed in one pass, not a failed one and a `chattr -R` walk.
+    crate::cmd::Cmd::new("chattr")
+        .arg("-i")
+        .arg(ctx.w("sysroot").join(&ctx.deployment))
+        .run()?;
+    ph.done("boot, root");
     Ok(())
 }
 
-fn assemble(ctx: &mut Ctx) -> Result<()> {
-    let ph = ctx.progress.phase("bootloader", "partition table and GRUB");
+/// The GPT on a sparse file of the disk's size, GRUB for BIOS (MBR and BIOS boot partition) and
+/// for UEFI (on the ESP, made in place).
+fn bootloader(ctx: &Ctx) -> Result<()> {
     let raw = ctx.w("disk.raw");
     disk::partition(ctx.m, &raw, &|what| ctx.guid(what))?;
-    disk::write_partition(&raw, ctx.part(PartKind::Boot)?, &ctx.w("boot.ext4"))?;
-    disk::write_partition(&raw, ctx.part(PartKind::Root)?, &ctx.w("root.ext4"))?;
+    disk::grub_images(ctx.work.path())?;
     if ctx.m.firmware.contains(&Firmware::Uefi) {
-        disk::write_partition(&raw, ctx.part(PartKind::Esp)?, &ctx.w("esp.vfat"))?;
+        let serial = &ctx.guid("fs-esp").replace('-', "")[..8];
+        disk::mkfs_esp(
+            ctx.work.path(),
+            &raw,
+            ctx.part(PartKind::Esp)?,
+            serial,
+            ctx.epoch,
+        )?;
     }
     if ctx.m.firmware.contains(&Firmware::Bios) {
         let boot_img = Path::new("/usr/lib/grub/i386-pc/boot.img");
@@ -213,7 +243,6 @@ fn assemble(ctx: &mut Ctx) -> Result<()> {
             boot_img,
         )?;
     }
-    ph.done("GPT, GRUB for BIOS and UEFI");
     Ok(())
 }
 
@@ -229,6 +258,7 @@ fn convert(ctx: &Ctx) -> Result<ImageResult> {
             &ctx.w("disk.raw"),
             *f,
             &ctx.opts.out.join(format!("{base}.{suffix}")),
+            ctx.m.qcow2_compression,
         )?);
     }
     let stream = ctx.opts.out.join(format!("{base}.stream.json"));
