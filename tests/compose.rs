@@ -232,17 +232,44 @@ fn compose_end_to_end() {
 
     // 1b. A disk image from that commit: GPT with the four partitions, GRUB on the ESP, and the
     // syslinux configuration libostree maintains on /boot (what GRUB reads).
+    // The shipped manifest provisions with cloud-init, which base lacks: a clear error.
     let images = work.path().join("images");
-    let out = StdCommand::new(bin())
-        .args(["image", "manifests/qemu.toml", "--json", "--rev", BASE_REF])
-        .arg("--repo")
-        .arg(&a.repo)
-        .arg("--cache")
-        .arg(&a.cache)
-        .arg("--out")
-        .arg(&images)
-        .output()
-        .unwrap();
+    let image_cmd = |manifest: &Path| {
+        StdCommand::new(bin())
+            .arg("image")
+            .arg(manifest)
+            .args(["--json", "--rev", BASE_REF])
+            .arg("--repo")
+            .arg(&a.repo)
+            .arg("--cache")
+            .arg(&a.cache)
+            .arg("--out")
+            .arg(&images)
+            .output()
+            .unwrap()
+    };
+    let out = image_cmd(Path::new("manifests/qemu.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("manifests/qemu.toml: key `provisioning`") && err.contains("cloud-init"),
+        "{err}"
+    );
+    assert!(!images.join("cairn-qemu-1.0.qcow2").exists());
+    // The same layout without provisioning.
+    let manifest = work.path().join("base-qemu.toml");
+    let shipped = std::fs::read_to_string("manifests/qemu.toml").unwrap();
+    std::fs::write(
+        &manifest,
+        shipped
+            .replace("provisioning = \"nocloud\"", "provisioning = \"none\"")
+            .replace(
+                "treefile = \"../treefiles/blessed.toml\"",
+                &format!("ref = \"{BASE_REF}\""),
+            ),
+    )
+    .unwrap();
+    let out = image_cmd(&manifest);
     assert!(
         out.status.success(),
         "cairn image: {}",

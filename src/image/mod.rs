@@ -83,6 +83,7 @@ pub fn build(
     let r = repo::open(&opts.repo)?;
     let commit = repo::resolve(&r, rev)?;
     let info = repo::commit_info(&r, &commit)?;
+    check_provisioning(m, rev, &info.packages())?;
     let version = info.version().unwrap_or_else(|| commit[..12].to_string());
     let work = TempTree::new_in(&opts.cache.join("tmp"), &format!("image-{}", m.name))?;
     let mut ctx = Ctx {
@@ -115,6 +116,21 @@ pub fn build(
         let _ = rm.join();
         result
     })
+}
+
+/// A NoCloud image needs cloud-init in its commit, or nobody could ever log in to it.
+fn check_provisioning(m: &Manifest, rev: &str, packages: &[crate::apt::Package]) -> Result<()> {
+    if m.provisioning == crate::manifest::Provisioning::NoCloud
+        && !packages.iter().any(|p| p.name == "cloud-init")
+    {
+        bail!(
+            "{}: key `provisioning`: \"nocloud\" needs cloud-init, and {rev} has none \
+             (add it to the treefile's packages, as treefiles/blessed.toml does, or set \
+             provisioning = \"none\")",
+            m.path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The deployment, and meanwhile what needs nothing from it: the partition table, GRUB and
