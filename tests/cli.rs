@@ -151,3 +151,95 @@ fn vm_test_bad_input_is_named_before_any_vm_starts() {
     // Nothing was booted.
     assert!(!dir.join("out").join("junit.xml").exists());
 }
+
+/// A disk with nothing to boot: QEMU runs (SeaBIOS finds no boot disk), SSH never answers.
+fn unbootable(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let image = dir.join("empty.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let t = dir.join("t");
+    std::fs::write(&t, "#!/bin/sh\ntrue\n").unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (image, t)
+}
+
+fn qemu_running_under(dir: &Path) -> bool {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("qemu-system-x86_64.*{}", dir.display())])
+        .output()
+        .unwrap();
+    !out.stdout.is_empty()
+}
+
+#[test]
+fn vm_test_boot_timeout_fails_keeps_logs_and_leaves_no_vm() {
+    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!("qemu-system-x86_64 is not installed; .ci/deps installs it");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (image, t) = unbootable(d.path());
+    let out_dir = d.path().join("out");
+    let out = cairn()
+        .args([
+            "vm-test",
+            "--accel",
+            "tcg",
+            "--boot-timeout",
+            "15s",
+            "--no-serve-repo",
+        ])
+        .arg("--image")
+        .arg(&image)
+        .arg("--out")
+        .arg(&out_dir)
+        .arg(&t)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL t@bios") && stdout.contains("no SSH login"),
+        "{stdout}"
+    );
+    assert!(out_dir.join("t@bios/console.log").exists());
+    assert!(std::fs::read_to_string(out_dir.join("junit.xml"))
+        .unwrap()
+        .contains("failures=\"1\""));
+    assert!(!qemu_running_under(d.path()), "a VM outlived the harness");
+}
+
+#[test]
+fn vm_test_ctrl_c_stops_every_vm() {
+    if !Path::new("/usr/bin/qemu-system-x86_64").exists() {
+        eprintln!("qemu-system-x86_64 is not installed; .ci/deps installs it");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (image, t) = unbootable(d.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["vm-test", "--accel", "tcg", "--no-serve-repo"])
+        .arg("--image")
+        .arg(&image)
+        .arg("--out")
+        .arg(d.path().join("out"))
+        .arg(&t)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !qemu_running_under(d.path()) {
+        assert!(start.elapsed().as_secs() < 60, "QEMU never started");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted run must not pass");
+    assert!(!qemu_running_under(d.path()), "a VM outlived the harness");
+}
