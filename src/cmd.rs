@@ -127,13 +127,7 @@ impl Cmd {
     /// still dies with cairn.
     pub fn run_foreground(mut self) -> Result<std::process::ExitStatus> {
         tracing::debug!(cmd = %self.display, "running in the foreground");
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            self.inner.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        die_with_cairn(&mut self.inner);
         self.inner
             .status()
             .with_context(|| format!("could not run `{}`", self.short_display()))
@@ -232,22 +226,23 @@ impl Cmd {
             {
                 break st;
             }
-            if crate::interrupt::requested() {
+            let why: Option<anyhow::Error> = if crate::interrupt::requested() {
+                Some(
+                    anyhow::Error::new(crate::interrupt::Interrupted)
+                        .context(format!("stopped `{}`", self.short_display())),
+                )
+            } else {
+                self.timeout
+                    .filter(|limit| started.elapsed() > *limit)
+                    .map(|limit| TimedOut(self.short_display(), limit.as_secs()).into())
+            };
+            if let Some(e) = why {
                 stop(&mut child);
                 let _ = out_thread.join();
                 let _ = err_thread.join();
-                return Err(crate::interrupt::Interrupted)
-                    .with_context(|| format!("stopped `{}`", self.short_display()));
+                return Err(e);
             }
-            if let Some(limit) = self.timeout {
-                if started.elapsed() > limit {
-                    stop(&mut child);
-                    let _ = out_thread.join();
-                    let _ = err_thread.join();
-                    return Err(TimedOut(self.short_display(), limit.as_secs()).into());
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
         };
         if let Some(t) = in_thread {
             let _ = t.join();
@@ -269,11 +264,21 @@ impl Cmd {
 /// descendants, and it dies with cairn, so a killed compose leaves no mmdebstrap or dracut running
 /// on into the next one's work tree, and a killed test run leaves no VM behind.
 fn own_process_group(cmd: &mut Command) {
-    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the parent.
+    // SAFETY: setpgid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))
-                .map_err(std::io::Error::from)?;
+                .map_err(std::io::Error::from)
+        });
+    }
+    die_with_cairn(cmd);
+}
+
+/// The child is killed when cairn dies (strictly: when the thread that started it ends).
+fn die_with_cairn(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
         });

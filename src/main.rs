@@ -143,7 +143,7 @@ struct VmTestArgs {
 }
 
 /// Where the repo and cache are.
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct Paths {
     /// The OSTree repo (archive mode; created on first compose).
     #[arg(long, default_value = "build/repo")]
@@ -360,7 +360,7 @@ fn run_vm(a: VmRunArgs) -> Result<()> {
         .prefix("cairn-vm-")
         .tempdir()
         .context("could not make a temporary directory")?;
-    vm::image_info(&a.image)?;
+    let info = vm::image_info(&a.image)?;
     let seed = dir.path().join("seed.img");
     vm::seed::write(
         &vm::seed::Provision {
@@ -373,6 +373,7 @@ fn run_vm(a: VmRunArgs) -> Result<()> {
     )?;
     let spec = vm::Spec {
         image: a.image,
+        info,
         firmware: match a.firmware {
             FirmwareArg::Bios => Firmware::Bios,
             FirmwareArg::Uefi => Firmware::Uefi,
@@ -385,7 +386,7 @@ fn run_vm(a: VmRunArgs) -> Result<()> {
         console: vm::Console::Terminal,
         write_image: a.write,
     };
-    let (_, status) = vm::run_foreground(&spec, dir.path())?;
+    let status = vm::run_foreground(&spec, dir.path())?;
     if !status.success() {
         anyhow::bail!("QEMU ended with {status}");
     }
@@ -404,10 +405,7 @@ fn run_vm_test(a: VmTestArgs) -> Result<()> {
         (None, Some(m)) => {
             let ia = ImageArgs {
                 manifest: m.clone(),
-                paths: Paths {
-                    repo: a.paths.repo.clone(),
-                    cache: a.paths.cache.clone(),
-                },
+                paths: a.paths.clone(),
                 out: a.images.clone(),
                 rev: None,
                 json: a.json,

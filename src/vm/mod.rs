@@ -11,7 +11,7 @@ pub mod ssh;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -80,14 +80,7 @@ pub fn probe(work: &Path, accel: Accel, limit: Duration) -> Result<()> {
     // CPU but aborts with the host's. The machine is `pc`: SeaBIOS boots this one-sector disk
     // from its IDE controller at once, while on q35 it never reaches it.
     let res = Cmd::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            accel.as_str(),
-            "-machine",
-            "pc",
-            "-cpu",
-            cpu_model(accel),
-        ])
+        .args(machine_args(accel, "pc"))
         .args(["-nodefaults", "-display", "none"])
         .args([
             "-m",
@@ -96,7 +89,7 @@ pub fn probe(work: &Path, accel: Accel, limit: Duration) -> Result<()> {
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
         ])
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=ide", img.display()))
+        .arg(format!("file={},format=raw,if=ide", opt_path(&img)))
         .timeout(limit)
         .run_status()?;
     match res.0.code() {
@@ -109,16 +102,21 @@ pub fn probe(work: &Path, accel: Accel, limit: Duration) -> Result<()> {
     }
 }
 
-/// The accelerator, machine and CPU model of every VM.
-fn machine_args(accel: Accel) -> [&'static str; 6] {
+/// The accelerator, machine and CPU model (the probe's `pc`, every VM's `q35`).
+fn machine_args(accel: Accel, machine: &'static str) -> [&'static str; 6] {
     [
         "-accel",
         accel.as_str(),
         "-machine",
-        "q35",
+        machine,
         "-cpu",
         cpu_model(accel),
     ]
+}
+
+/// A path as the value of a QEMU option (`file=...`), where a comma must be doubled.
+fn opt_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
 }
 
 fn cpu_model(accel: Accel) -> &'static str {
@@ -141,6 +139,8 @@ pub enum Console {
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub image: PathBuf,
+    /// What [`image_info`] said of `image` (callers read it once, to check the image early).
+    pub info: ImageInfo,
     pub firmware: Firmware,
     pub memory_mib: u64,
     pub cpus: u32,
@@ -155,7 +155,7 @@ pub struct Spec {
 }
 
 /// What `qemu-img info` says of an image.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct ImageInfo {
     pub format: String,
     #[serde(rename = "virtual-size")]
@@ -186,14 +186,12 @@ pub fn free_port() -> Result<u16> {
 pub struct Vm {
     qemu: Spawned,
     pub ssh_port: u16,
-    pub console_log: Option<PathBuf>,
-    pub qemu_log: PathBuf,
-    pub started: Instant,
+    qemu_log: PathBuf,
 }
 
 /// The QEMU command line for `spec`, with the overlay and vars files in `dir`.
 fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
-    let info = image_info(&spec.image)?;
+    let info = &spec.info;
     let disk = if spec.write_image {
         spec.image.clone()
     } else {
@@ -223,13 +221,13 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
         "qcow2"
     };
     let mut c = Cmd::new("qemu-system-x86_64")
-        .args(machine_args(spec.accel))
+        .args(machine_args(spec.accel, "q35"))
         .args(["-m", &spec.memory_mib.to_string()])
         .args(["-smp", &spec.cpus.to_string(), "-display", "none"])
         .arg("-drive")
         .arg(format!(
             "if=virtio,file={},format={format},discard=unmap",
-            disk.display()
+            opt_path(&disk)
         ))
         .args(["-netdev"])
         .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"))
@@ -238,7 +236,7 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
     if let Some(seed) = &spec.seed {
         c = c.arg("-drive").arg(format!(
             "if=virtio,file={},format=raw,readonly=on",
-            seed.display()
+            opt_path(seed)
         ));
     }
     if spec.firmware == Firmware::Uefi {
@@ -254,7 +252,7 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
+                opt_path(&vars)
             ));
     }
     c = match &spec.console {
@@ -264,29 +262,28 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
     Ok(c)
 }
 
+/// What is booted, for the line announcing it.
+fn booting(spec: &Spec) -> String {
+    format!(
+        "booting {} ({}, {})",
+        spec.image.display(),
+        firmware_name(spec.firmware),
+        spec.accel.as_str()
+    )
+}
+
 impl Vm {
     /// Boot `spec` in the background with its files (overlay, vars, logs) in `dir`.
     pub fn start(spec: &Spec, dir: &Path) -> Result<Self> {
         let port = free_port()?;
         let qemu_log = dir.join("qemu.log");
         let cmd = qemu_cmd(spec, dir, port)?;
-        tracing::info!(
-            "booting {} ({}, {}) with SSH on 127.0.0.1:{port}",
-            spec.image.display(),
-            firmware_name(spec.firmware),
-            spec.accel.as_str()
-        );
+        tracing::info!("{} with SSH on 127.0.0.1:{port}", booting(spec));
         let qemu = cmd.spawn_logged(&qemu_log)?;
-        let console_log = match &spec.console {
-            Console::File(p) => Some(p.clone()),
-            Console::Terminal => None,
-        };
         Ok(Vm {
             qemu,
             ssh_port: port,
-            console_log,
             qemu_log,
-            started: Instant::now(),
         })
     }
 
@@ -294,25 +291,22 @@ impl Vm {
     pub fn check_running(&mut self) -> Result<()> {
         self.qemu.check_running().map_err(|e| {
             let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            e.context(format!("QEMU stopped: {}", tail.join("\n")))
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            e.context(format!("QEMU stopped: {tail}"))
         })
     }
 }
 
 /// Run `spec` with the console on this terminal until the guest powers off or QEMU is quit.
-pub fn run_foreground(spec: &Spec, dir: &Path) -> Result<(u16, std::process::ExitStatus)> {
+pub fn run_foreground(spec: &Spec, dir: &Path) -> Result<std::process::ExitStatus> {
     let port = free_port()?;
     let cmd = qemu_cmd(spec, dir, port)?;
     eprintln!(
-        "cairn: booting {} ({}, {}); SSH: ssh -p {port} ops@127.0.0.1; quit: Ctrl-A x",
-        spec.image.display(),
-        firmware_name(spec.firmware),
-        spec.accel.as_str()
+        "cairn: {}; SSH: ssh -p {port} ops@127.0.0.1; quit: Ctrl-A x",
+        booting(spec)
     );
-    let status = cmd.run_foreground()?;
-    Ok((port, status))
+    cmd.run_foreground()
 }
 
 pub fn firmware_name(f: Firmware) -> &'static str {
@@ -355,6 +349,7 @@ mod tests {
         let img = dir.path().join("a.raw");
         std::fs::write(&img, vec![0u8; 2 << 20]).unwrap();
         let spec = Spec {
+            info: image_info(&img).unwrap(),
             image: img,
             firmware: Firmware::Bios,
             memory_mib: 256,

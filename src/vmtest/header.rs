@@ -88,9 +88,8 @@ pub fn read(path: &Path, name: &str) -> Result<TestDef> {
     let header: Vec<&str> = lines
         .take_while(|l| l.starts_with("##"))
         .map(|l| {
-            l.trim_start_matches("##")
-                .strip_prefix(' ')
-                .unwrap_or(l.trim_start_matches("##"))
+            let l = l.trim_start_matches("##");
+            l.strip_prefix(' ').unwrap_or(l)
         })
         .collect();
     let src = header.join("\n");

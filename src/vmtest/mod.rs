@@ -139,7 +139,7 @@ struct Ctx<'a> {
     key: Key,
     work: &'a Path,
     cpus: u32,
-    default_disk: u64,
+    image_info: vm::ImageInfo,
     repo_url: Option<String>,
     report: Mutex<Report>,
     on_result: &'a (dyn Fn(&CaseResult) + Sync),
@@ -208,7 +208,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
         key,
         work: work.path(),
         cpus,
-        default_disk,
+        image_info: info,
         repo_url: server.as_ref().map(|s| s.guest_url()),
         report: Mutex::new(Report::new(opts.image.clone(), accel, jobs, junit)),
         on_result,
@@ -265,6 +265,7 @@ struct Guest {
     ssh: Ssh,
     console: PathBuf,
     hostname: String,
+    disk_size: u64,
 }
 
 impl Guest {
@@ -401,6 +402,7 @@ fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Gu
     let console = dir.join("console.log");
     let spec = Spec {
         image: ctx.opts.image.clone(),
+        info: ctx.image_info.clone(),
         firmware: group.firmware,
         memory_mib: group.memory_mib,
         cpus: ctx.cpus,
@@ -420,6 +422,7 @@ fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Gu
         vm,
         console,
         hostname: hostname.to_string(),
+        disk_size: group.disk_size,
     };
     guest.wait_ready(Instant::now() + ctx.opts.boot_timeout)?;
     Ok(guest)
@@ -437,29 +440,28 @@ fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, St
         .with_context(|| format!("reading {}", case.def.path.display()))?;
     let file = format!("{GUEST_DIR}/{}", case.def.name.replace('/', "--"));
     let short = Duration::from_secs(60);
+    // One login copies the reboot helper (small enough for the command line) and the test.
+    let helper = format!("{GUEST_DIR}/cairn-reboot");
     g.ssh.run_with_input(
-        &format!("mkdir -p {GUEST_DIR} && cat > {GUEST_DIR}/cairn-reboot && chmod 0755 {GUEST_DIR}/cairn-reboot"),
-        REBOOT_HELPER.as_bytes().to_vec(),
-        short,
-    )?;
-    g.ssh.run_with_input(
-        &format!("cat > {} && chmod 0755 {}", q(&file), q(&file)),
+        &format!(
+            "mkdir -p {GUEST_DIR} && printf %s {} > {helper} && cat > {} && chmod 0755 {helper} {}",
+            q(REBOOT_HELPER),
+            q(&file),
+            q(&file)
+        ),
         body,
         short,
     )?;
     let mut env = vec![
         ("CAIRN_TEST_NAME", case.def.name.clone()),
-        ("CAIRN_REBOOT", format!("{GUEST_DIR}/cairn-reboot")),
+        ("CAIRN_REBOOT", helper),
         (
             "CAIRN_VM_FIRMWARE",
             vm::firmware_name(case.firmware).to_string(),
         ),
         ("CAIRN_VM_HOSTNAME", g.hostname.clone()),
         ("CAIRN_VM_SSH_KEY", ctx.key.public.clone()),
-        (
-            "CAIRN_VM_DISK_SIZE",
-            case.def.disk_size.unwrap_or(ctx.default_disk).to_string(),
-        ),
+        ("CAIRN_VM_DISK_SIZE", g.disk_size.to_string()),
     ];
     if let Some(url) = &ctx.repo_url {
         env.push(("CAIRN_REPO_URL", url.clone()));
