@@ -48,6 +48,34 @@ pub enum Firmware {
     Uefi,
 }
 
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+
+    /// A `firmware` list (manifests, test headers), without repeats; `at` is `file:line`.
+    pub fn parse_list(list: &[String], at: &str) -> Result<Vec<Firmware>> {
+        let mut v = Vec::new();
+        for x in list {
+            let fw = match x.as_str() {
+                "bios" => Firmware::Bios,
+                "uefi" => Firmware::Uefi,
+                other => bail!("{at}: key `firmware`: {other:?} is not `bios` or `uefi`"),
+            };
+            if !v.contains(&fw) {
+                v.push(fw);
+            }
+        }
+        if v.is_empty() {
+            bail!("{at}: key `firmware` needs `bios`, `uefi` or both");
+        }
+        Ok(v)
+    }
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -231,26 +259,7 @@ pub fn load(path: &Path) -> Result<Manifest> {
     }
     let firmware = match &raw.firmware {
         None => vec![Firmware::Bios, Firmware::Uefi],
-        Some(f) => {
-            let mut v = Vec::new();
-            for x in f.get_ref() {
-                v.push(match x.as_str() {
-                    "bios" => Firmware::Bios,
-                    "uefi" => Firmware::Uefi,
-                    other => bail!(
-                        "{}: key `firmware`: {other:?} is not `bios` or `uefi`",
-                        at(f.span().start)
-                    ),
-                });
-            }
-            if v.is_empty() {
-                bail!(
-                    "{}: key `firmware` needs `bios`, `uefi` or both",
-                    at(f.span().start)
-                );
-            }
-            v
-        }
+        Some(f) => Firmware::parse_list(f.get_ref(), &at(f.span().start))?,
     };
     let formats = match &raw.formats {
         None => vec![Format::Qcow2],

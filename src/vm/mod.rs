@@ -267,7 +267,7 @@ fn booting(spec: &Spec) -> String {
     format!(
         "booting {} ({}, {})",
         spec.image.display(),
-        firmware_name(spec.firmware),
+        spec.firmware.as_str(),
         spec.accel.as_str()
     )
 }
@@ -307,13 +307,6 @@ pub fn run_foreground(spec: &Spec, dir: &Path) -> Result<std::process::ExitStatu
         booting(spec)
     );
     cmd.run_foreground()
-}
-
-pub fn firmware_name(f: Firmware) -> &'static str {
-    match f {
-        Firmware::Bios => "bios",
-        Firmware::Uefi => "uefi",
-    }
 }
 
 #[cfg(test)]

@@ -148,26 +148,7 @@ pub fn read(path: &Path, name: &str) -> Result<TestDef> {
     };
     let firmware = match &raw.firmware {
         None => vec![Firmware::Bios],
-        Some(f) => {
-            let mut out = Vec::new();
-            for s in f.get_ref() {
-                let fw = match s.as_str() {
-                    "bios" => Firmware::Bios,
-                    "uefi" => Firmware::Uefi,
-                    other => bail!(
-                        "{}: key `firmware`: {other:?} is not `bios` or `uefi`",
-                        at(f.span().start)
-                    ),
-                };
-                if !out.contains(&fw) {
-                    out.push(fw);
-                }
-            }
-            if out.is_empty() {
-                bail!("{}: key `firmware`: empty", at(f.span().start));
-            }
-            out
-        }
+        Some(f) => Firmware::parse_list(f.get_ref(), &at(f.span().start))?,
     };
     Ok(TestDef {
         name: name.to_string(),

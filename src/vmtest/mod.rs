@@ -66,7 +66,7 @@ struct Case {
 
 impl Case {
     fn id(&self) -> String {
-        format!("{}@{}", self.def.name, vm::firmware_name(self.firmware))
+        format!("{}@{}", self.def.name, self.firmware.as_str())
     }
 
     fn result(
@@ -80,7 +80,7 @@ impl Case {
         CaseResult {
             id: self.id(),
             name: self.def.name.clone(),
-            firmware: vm::firmware_name(self.firmware),
+            firmware: self.firmware.as_str(),
             status,
             seconds: took.as_secs_f64(),
             message,
@@ -245,13 +245,13 @@ fn record_boot(ctx: &Ctx, firmware: Firmware, kind: &'static str, took: Duration
     tracing::info!(
         "{} boot ({}, {}) ready in {:.1} s",
         kind,
-        vm::firmware_name(firmware),
+        firmware.as_str(),
         ctx.accel.as_str(),
         took.as_secs_f64()
     );
     if let Ok(mut r) = ctx.report.lock() {
         r.boots.push(Boot {
-            firmware: vm::firmware_name(firmware),
+            firmware: firmware.as_str(),
             accel: ctx.accel,
             kind,
             seconds: took.as_secs_f64(),
@@ -346,7 +346,7 @@ impl Guest {
 }
 
 fn run_group(ctx: &Ctx, group: Group) {
-    let fw = vm::firmware_name(group.firmware);
+    let fw = group.firmware.as_str();
     let dir = ctx.work.join(format!("vm-{}-{fw}", group.id));
     let hostname = format!("cairn-test-{}-{fw}", group.id);
     let started = Instant::now();
@@ -455,10 +455,7 @@ fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, St
     let mut env = vec![
         ("CAIRN_TEST_NAME", case.def.name.clone()),
         ("CAIRN_REBOOT", helper),
-        (
-            "CAIRN_VM_FIRMWARE",
-            vm::firmware_name(case.firmware).to_string(),
-        ),
+        ("CAIRN_VM_FIRMWARE", case.firmware.as_str().to_string()),
         ("CAIRN_VM_HOSTNAME", g.hostname.clone()),
         ("CAIRN_VM_SSH_KEY", ctx.key.public.clone()),
         ("CAIRN_VM_DISK_SIZE", g.disk_size.to_string()),
