@@ -187,10 +187,20 @@ pub struct Vm {
     qemu: Spawned,
     pub ssh_port: u16,
     qemu_log: PathBuf,
+    /// What [`Vm::power_on`] starts QEMU again with.
+    spec: Spec,
+    disks: Disks,
 }
 
-/// The QEMU command line for `spec`, with the overlay and vars files in `dir`.
-fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
+/// The overlay (or the image itself) and the UEFI variable store a VM boots with.
+struct Disks {
+    disk: PathBuf,
+    format: String,
+    vars: Option<PathBuf>,
+}
+
+/// Make the VM's overlay and variable store in `dir`.
+fn prepare(spec: &Spec, dir: &Path) -> Result<Disks> {
     let info = &spec.info;
     let disk = if spec.write_image {
         spec.image.clone()
@@ -216,10 +226,25 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
         overlay
     };
     let format = if spec.write_image {
-        info.format.as_str()
+        info.format.clone()
     } else {
-        "qcow2"
+        "qcow2".to_string()
     };
+    let vars = if spec.firmware == Firmware::Uefi {
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| {
+            format!("could not copy {OVMF_VARS} (is Debian's `ovmf` package installed?)")
+        })?;
+        Some(vars)
+    } else {
+        None
+    };
+    Ok(Disks { disk, format, vars })
+}
+
+/// The QEMU command line for `spec` on `d`, forwarding `port` to the guest's SSH.
+fn qemu_cmd(spec: &Spec, d: &Disks, port: u16) -> Cmd {
+    let (disk, format) = (&d.disk, &d.format);
     let mut c = Cmd::new("qemu-system-x86_64")
         .args(machine_args(spec.accel, "q35"))
         .args(["-m", &spec.memory_mib.to_string()])
@@ -227,7 +252,7 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
         .arg("-drive")
         .arg(format!(
             "if=virtio,file={},format={format},discard=unmap",
-            opt_path(&disk)
+            opt_path(disk)
         ))
         .args(["-netdev"])
         .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"))
@@ -239,11 +264,7 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
             opt_path(seed)
         ));
     }
-    if spec.firmware == Firmware::Uefi {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).with_context(|| {
-            format!("could not copy {OVMF_VARS} (is Debian's `ovmf` package installed?)")
-        })?;
+    if let Some(vars) = &d.vars {
         c = c
             .arg("-drive")
             .arg(format!(
@@ -252,14 +273,21 @@ fn qemu_cmd(spec: &Spec, dir: &Path, port: u16) -> Result<Cmd> {
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=1,file={}",
-                opt_path(&vars)
+                opt_path(vars)
             ));
     }
-    c = match &spec.console {
-        Console::File(path) => c.arg("-serial").arg(format!("file:{}", path.display())),
+    match &spec.console {
+        // Appended to, across power cycles. A guest's reboot ends QEMU, and the owner powers it
+        // on again: TCG guests under OVMF have been seen to hang in GRUB after a warm reset.
+        Console::File(path) => c
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=console0,path={},append=on",
+                opt_path(path)
+            ))
+            .args(["-serial", "chardev:console0", "-no-reboot"]),
         Console::Terminal => c.args(["-serial", "mon:stdio"]),
-    };
-    Ok(c)
+    }
 }
 
 /// What is booted, for the line announcing it.
@@ -277,14 +305,35 @@ impl Vm {
     pub fn start(spec: &Spec, dir: &Path) -> Result<Self> {
         let port = free_port()?;
         let qemu_log = dir.join("qemu.log");
-        let cmd = qemu_cmd(spec, dir, port)?;
+        let disks = prepare(spec, dir)?;
         tracing::info!("{} with SSH on 127.0.0.1:{port}", booting(spec));
-        let qemu = cmd.spawn_logged(&qemu_log)?;
+        let qemu = qemu_cmd(spec, &disks, port).spawn_logged(&qemu_log)?;
         Ok(Vm {
             qemu,
             ssh_port: port,
             qemu_log,
+            spec: spec.clone(),
+            disks,
         })
+    }
+
+    /// Wait until QEMU has ended (after the guest's reboot with `-no-reboot`).
+    pub fn wait_powered_off(&mut self, deadline: std::time::Instant) -> Result<()> {
+        while self.qemu.check_running().is_ok() {
+            crate::interrupt::check()?;
+            if std::time::Instant::now() > deadline {
+                bail!("the VM did not go down for its reboot in time");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Ok(())
+    }
+
+    /// Start QEMU again on the same disk, variables and port: the second half of a reboot.
+    pub fn power_on(&mut self) -> Result<()> {
+        self.qemu =
+            qemu_cmd(&self.spec, &self.disks, self.ssh_port).spawn_logged(&self.qemu_log)?;
+        Ok(())
     }
 
     /// An error if QEMU has ended, with the tail of its own log.
@@ -301,7 +350,7 @@ impl Vm {
 /// Run `spec` with the console on this terminal until the guest powers off or QEMU is quit.
 pub fn run_foreground(spec: &Spec, dir: &Path) -> Result<std::process::ExitStatus> {
     let port = free_port()?;
-    let cmd = qemu_cmd(spec, dir, port)?;
+    let cmd = qemu_cmd(spec, &prepare(spec, dir)?, port);
     eprintln!(
         "cairn: {}; SSH: ssh -p {port} ops@127.0.0.1; quit: Ctrl-A x",
         booting(spec)
@@ -353,7 +402,7 @@ mod tests {
             console: Console::Terminal,
             write_image: false,
         };
-        let err = qemu_cmd(&spec, dir.path(), 2222).err().unwrap();
+        let err = prepare(&spec, dir.path()).err().unwrap();
         assert!(
             format!("{err:#}").contains("smaller than the image"),
             "{err:#}"

@@ -324,11 +324,14 @@ impl Guest {
             .to_string())
     }
 
-    /// Reboot and wait until the new boot is ready.
+    /// Reboot and wait until the new boot is ready. The guest's reboot ends QEMU (`-no-reboot`)
+    /// and QEMU starts again on the same disk: a power cycle, as a cloud's reboot API does.
     fn reboot(&mut self, deadline: Instant) -> Result<()> {
         let before = self.boot_id()?;
         // The connection may drop before systemctl answers.
         let _ = self.ssh.status("systemctl reboot", Duration::from_secs(30));
+        self.vm.wait_powered_off(deadline)?;
+        self.vm.power_on()?;
         loop {
             crate::interrupt::check()?;
             self.check()?;
