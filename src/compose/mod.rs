@@ -87,7 +87,10 @@ pub fn compose(
     };
     let mut results = Vec::new();
     compose_chain(tf, opts, lockfile.as_ref(), progress, &mut results)?;
-    repo::update_summary(&opts.repo)?;
+    // The summary lists the refs: rewrite it only when one moved (a no-op writes nothing).
+    if results.iter().any(|r| !r.skipped) || !opts.repo.join("summary").exists() {
+        repo::update_summary(&opts.repo)?;
+    }
     Ok(results)
 }
 

@@ -498,14 +498,27 @@ fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, St
         }
         output.push_str(&out.stdout);
         output.push_str(&out.stderr);
-        let read = |f: &str| {
-            g.ssh
-                .status(&format!("cat {GUEST_DIR}/{f} 2>/dev/null"), short)
-                .map(|(_, o)| o.stdout.trim().to_string())
-                .unwrap_or_default()
+        // Both files in one login, each on a line of its own whether or not it exists.
+        let state = g
+            .ssh
+            .status(
+                &format!(
+                    "cd {GUEST_DIR} && printf 'exit=%s\\nmark=%s\\n' \"$(cat exit-status 2>/dev/null)\" \"$(cat reboot-mark 2>/dev/null)\""
+                ),
+                short,
+            )
+            .map(|(_, o)| o.stdout)
+            .unwrap_or_default();
+        let field = |k: &str| {
+            state
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
         };
-        let next = read("reboot-mark");
-        let code: Option<i32> = read("exit-status").parse().ok();
+        let code: Option<i32> = field("exit=").parse().ok();
+        let next = field("mark=");
         if !next.is_empty() {
             mark = next;
             let t = Instant::now();
