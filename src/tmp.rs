@@ -23,7 +23,10 @@ impl TempTree {
     pub fn new_in(parent: &Path, name: &str) -> Result<Self> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        let path = parent.join(name);
+        // Absolute, so that a command run with another working directory (mtools, debugfs in
+        // the image steps) finds the tree's files under a relative --cache as well.
+        let path = std::path::absolute(parent.join(name))
+            .with_context(|| format!("{}: no absolute path", parent.display()))?;
         if path.exists() {
             remove_tree(&path)?;
         }
@@ -198,6 +201,19 @@ mod tests {
             t.path().to_path_buf()
         };
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn temp_tree_path_is_absolute_under_a_relative_parent() {
+        let parent = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        // The same directory, named relative to the working directory.
+        let up = "../".repeat(cwd.components().count() - 1);
+        let rel = Path::new(&up).join(parent.path().strip_prefix("/").unwrap());
+        assert!(rel.is_relative());
+        let t = TempTree::new_in(&rel, "work").unwrap();
+        assert!(t.path().is_absolute(), "{}", t.path().display());
+        assert!(t.path().is_dir());
     }
 
     #[test]
