@@ -86,6 +86,7 @@ impl Case {
             message,
             output,
             artifacts,
+            warnings: Vec::new(),
         }
     }
 }
@@ -264,18 +265,36 @@ struct Guest {
     vm: Vm,
     ssh: Ssh,
     console: PathBuf,
+    accel: Accel,
     hostname: String,
     disk_size: u64,
+    /// Console warnings seen so far (host starvation under TCG), and how many were reported.
+    warnings: Vec<String>,
+    reported: usize,
 }
 
 impl Guest {
-    /// Fail on a dead QEMU or a fatal console line.
+    /// Fail on a dead QEMU or a fatal console line; note the console's warnings.
     fn check(&mut self) -> Result<()> {
         self.vm.check_running()?;
-        if let Some((pat, line)) = console::scan(&self.console) {
-            bail!("the console shows {pat:?}: {line}");
+        let v = console::scan(&self.console, self.accel);
+        for w in v.warnings {
+            if !self.warnings.contains(&w.line) {
+                tracing::warn!("{}: console warning: {}", self.hostname, w.line);
+                self.warnings.push(w.line);
+            }
+        }
+        if let Some(f) = v.fatal {
+            bail!("the console shows {:?}: {}", f.pattern, f.line);
         }
         Ok(())
+    }
+
+    /// The console warnings not yet given to a result.
+    fn new_warnings(&mut self) -> Vec<String> {
+        let new = self.warnings[self.reported..].to_vec();
+        self.reported = self.warnings.len();
+        new
     }
 
     /// Wait for SSH, then for systemd to settle; `running` is good, anything else is an error
@@ -361,10 +380,16 @@ fn run_group(ctx: &Ctx, group: Group) {
         }
         Err(e) => {
             let msg = format!("boot failed: {e:#}");
+            let warnings: Vec<String> = console::scan(&dir.join("console.log"), ctx.accel)
+                .warnings
+                .into_iter()
+                .map(|w| w.line)
+                .collect();
             for case in &group.cases {
                 let artifacts = save_artifacts(ctx, &case.id(), None, &dir, "");
                 let took = started.elapsed();
-                let r = case.result(Status::Fail, took, msg.clone(), String::new(), artifacts);
+                let mut r = case.result(Status::Fail, took, msg.clone(), String::new(), artifacts);
+                r.warnings = warnings.clone();
                 record(ctx, r);
             }
             return;
@@ -383,10 +408,11 @@ fn run_group(ctx: &Ctx, group: Group) {
         let artifacts = (status == Status::Fail)
             .then(|| save_artifacts(ctx, &case.id(), Some(&guest), &dir, &output))
             .flatten();
-        record(
-            ctx,
-            case.result(status, t.elapsed(), message, output, artifacts),
-        );
+        // A last look at the console, so that a warning printed during the test is its own.
+        let _ = guest.check();
+        let mut r = case.result(status, t.elapsed(), message, output, artifacts);
+        r.warnings = guest.new_warnings();
+        record(ctx, r);
     }
 }
 
@@ -424,8 +450,11 @@ fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Gu
         },
         vm,
         console,
+        accel: ctx.accel,
         hostname: hostname.to_string(),
         disk_size: group.disk_size,
+        warnings: Vec::new(),
+        reported: 0,
     };
     guest.wait_ready(Instant::now() + ctx.opts.boot_timeout)?;
     Ok(guest)

@@ -43,6 +43,9 @@ pub struct CaseResult {
     pub output: String,
     /// Where the console log, journal and output of a failed test are.
     pub artifacts: Option<PathBuf>,
+    /// Console lines that did not fail the test but are worth a look (a soft lockup or an RCU
+    /// stall under TCG: the host starved the guest's CPU).
+    pub warnings: Vec<String>,
 }
 
 impl CaseResult {
@@ -56,7 +59,28 @@ impl CaseResult {
         if let Some(a) = &self.artifacts {
             l.push_str(&format!(" [logs: {}]", a.display()));
         }
+        for w in &self.warnings {
+            l.push_str(&format!("\n  warning (console): {w}"));
+        }
         l
+    }
+
+    /// What JUnit's system-out holds: the test's output, then the console warnings.
+    fn system_out(&self) -> String {
+        let mut s = self.output.clone();
+        if !self.warnings.is_empty() {
+            if !s.is_empty() && !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s.push_str(
+                "--- console warnings (not fatal under TCG: the host starved the vCPU) ---\n",
+            );
+            for w in &self.warnings {
+                s.push_str(w);
+                s.push('\n');
+            }
+        }
+        s
     }
 }
 
@@ -111,15 +135,20 @@ impl Report {
 
     /// The summary line.
     pub fn summary(&self) -> String {
+        let warnings: usize = self.cases.iter().map(|c| c.warnings.len()).sum();
         format!(
-            "{} passed, {} failed, {} skipped in {:.1} s ({}, {} VM{} at a time)",
+            "{} passed, {} failed, {} skipped in {:.1} s ({}, {} VM{} at a time){}",
             self.passed,
             self.failed,
             self.skipped,
             self.seconds,
             self.accel.as_str(),
             self.jobs,
-            if self.jobs == 1 { "" } else { "s" }
+            if self.jobs == 1 { "" } else { "s" },
+            match warnings {
+                0 => String::new(),
+                n => format!(", {n} console warning{}", if n == 1 { "" } else { "s" }),
+            }
         )
     }
 
@@ -140,8 +169,9 @@ impl Report {
             let mut tc = TestCase::new(c.id.clone(), status);
             tc.set_classname(c.name.clone());
             tc.set_time(Duration::from_secs_f64(c.seconds));
-            if !c.output.is_empty() {
-                tc.set_system_out(c.output.clone());
+            let out = c.system_out();
+            if !out.is_empty() {
+                tc.set_system_out(out);
             }
             suite.add_test_case(tc);
         }
@@ -185,6 +215,14 @@ mod tests {
                 },
                 output: "out".into(),
                 artifacts: None,
+                warnings: if n == "a" {
+                    vec![
+                        "[  200.7] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [cat:531]"
+                            .into(),
+                    ]
+                } else {
+                    Vec::new()
+                },
             });
         }
         r.write_junit().unwrap();
@@ -196,7 +234,16 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("exit status 3"), "{xml}");
+        assert!(xml.contains("soft lockup - CPU#0 stuck for 22s"), "{xml}");
         assert!(r.summary().starts_with("1 passed, 1 failed, 1 skipped"));
+        assert!(
+            r.summary().ends_with(", 1 console warning"),
+            "{}",
+            r.summary()
+        );
+        assert!(r.cases[0]
+            .line()
+            .contains("warning (console): [  200.7] watchdog"));
         assert!(r.cases[1]
             .line()
             .starts_with("FAIL b@bios (1.5 s): exit status 3"));
