@@ -1,24 +1,28 @@
-//! cairn: compose OSTree commits for Debian-based immutable hosts from TOML treefiles.
+//! cairn carries an immutable Debian host through its life: it composes OSTree commits from TOML
+//! treefiles, turns a commit into bootable disk images, and proves each image by booting it.
 //!
-//! The data flows one way: [`treefile`] → [`compose`] (through [`apt`]) → an OSTree commit in
-//! [`repo`], described by [`sbom`] and compared by [`diff`]. [`cmd`] runs every external program;
-//! [`tmp`] holds the guards that clean up temporary trees and mounts; [`progress`] shows it.
-//! [`image`] turns a commit into disk images from a [`manifest`]; [`vm`] boots them under QEMU
-//! and [`vmtest`] proves them with boot tests.
+//! The modules are stages, and the data flows down the list without reaching back (see
+//! `docs/architecture.md`):
+//!
+//! - [`base`]: shared basics (command runner, interrupts, temporary trees, progress, digests,
+//!   sizes, `Package`, `Firmware`);
+//! - [`store`]: the OSTree layer (the repo, typed commit metadata, sysroot deployments, serving
+//!   the repo over HTTP);
+//! - [`treefile`] → [`compose`]: what goes into a host, and the commit made of it;
+//! - [`describe`]: what a commit holds (SBOMs, package diffs);
+//! - [`image`]: a commit → disk images, from an image manifest;
+//! - [`vm`] → [`vmtest`]: booting images under QEMU, and boot tests;
+//! - [`pipeline`]: the compose-then-image job that `build`, `vm-test --build` and later rollouts
+//!   call;
+//! - [`cli`]: the command line (the binary only parses and dispatches).
 
-pub mod apt;
-pub mod artifacts;
-pub mod cmd;
+pub mod base;
+pub mod cli;
 pub mod compose;
-pub mod diff;
+pub mod describe;
 pub mod image;
-pub mod interrupt;
-pub mod lockfile;
-pub mod manifest;
-pub mod progress;
-pub mod repo;
-pub mod sbom;
-pub mod tmp;
+pub mod pipeline;
+pub mod store;
 pub mod treefile;
 pub mod vm;
 pub mod vmtest;

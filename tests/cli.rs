@@ -82,7 +82,7 @@ fn diff_and_sbom_need_a_repo() {
 
 #[test]
 fn shipped_manifest_parses() {
-    let m = cairn::manifest::load(Path::new("manifests/qemu.toml")).unwrap();
+    let m = cairn::image::manifest::load(Path::new("manifests/qemu.toml")).unwrap();
     assert_eq!(m.partitions.len(), 4);
     assert_eq!(m.firmware.len(), 2, "bios and uefi in one image");
 }

@@ -87,7 +87,7 @@ fn artifact(result: &Value, format: &str, out: &Path) -> (PathBuf, String) {
     );
     let meta = std::fs::metadata(&path).unwrap();
     assert!(meta.is_file() && meta.len() == a["size"].as_u64().unwrap());
-    let sha = cairn::apt::sha256_file(&path).unwrap();
+    let sha = cairn::base::digest::sha256_file(&path).unwrap();
     assert_eq!(a["sha256"].as_str().unwrap(), sha, "{}", path.display());
     (path, sha)
 }

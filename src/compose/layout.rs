@@ -13,6 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, Permissions, PermissionsExt};
+use cap_std_ext::dirext::CapStdExtDirExt;
 
 /// Where the dpkg database lives in the commit.
 pub const DPKG_DB: &str = "usr/lib/sysimage/dpkg";
@@ -50,15 +51,9 @@ pub fn kernel_version(root: &Dir) -> Result<String> {
 }
 
 fn remove_any(root: &Dir, path: &str) -> Result<()> {
-    match root.symlink_metadata(path) {
-        Ok(m) if m.is_dir() => root
-            .remove_dir_all(path)
-            .with_context(|| format!("removing /{path}")),
-        Ok(_) => root
-            .remove_file(path)
-            .with_context(|| format!("removing /{path}")),
-        Err(_) => Ok(()),
-    }
+    root.remove_all_optional(path)
+        .with_context(|| format!("removing /{path}"))?;
+    Ok(())
 }
 
 fn empty_dir(root: &Dir, path: &str) -> Result<()> {
@@ -246,8 +241,8 @@ fn rewrite_tmpfiles(root: &Dir, moved: &[(&str, &str)]) -> Result<()> {
         let text = root.read_to_string(&path)?;
         let out = rewrite_tmpfiles_text(&text, moved);
         if out != text {
-            root.remove_file(&path)?;
-            root.write(&path, out)?;
+            root.atomic_write(&path, out)
+                .with_context(|| format!("rewriting /{path}"))?;
         }
     }
     Ok(())
@@ -391,18 +386,20 @@ pub fn from_ostree(root: &Dir) -> Result<()> {
 pub fn copy_into(root: &Dir, src: &Path, dest: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     let rel = dest.trim_start_matches('/');
-    let data = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-    let mode = std::fs::metadata(src)?.permissions().mode();
+    let data = fs_err::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let mode = fs_err::metadata(src)?.permissions().mode();
     if let Some(parent) = Path::new(rel).parent() {
         if !parent.as_os_str().is_empty() {
             root.create_dir_all(parent)?;
         }
     }
-    remove_any(root, rel)?;
-    root.write(rel, data)
-        .with_context(|| format!("writing {dest} in the tree"))?;
+    // A directory in the way goes; a file or symlink there is replaced by the rename.
+    if root.symlink_metadata(rel).is_ok_and(|m| m.is_dir()) {
+        remove_any(root, rel)?;
+    }
     let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-    root.set_permissions(rel, Permissions::from_mode(mode))?;
+    root.atomic_write_with_perms(rel, data, Permissions::from_mode(mode))
+        .with_context(|| format!("writing {dest} in the tree"))?;
     Ok(())
 }
 

@@ -10,23 +10,27 @@
 //! digest and the package indexes' `InRelease` digests both match the ref's commit, compose
 //! returns without running apt at all.
 
+pub mod apt;
 pub mod layout;
+pub mod lockfile;
+mod noop;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::base::digest::sha256_hex;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::apt::{self, AptEnv, Package, ResolveError};
-use crate::lockfile::Lockfile;
-use crate::progress::Progress;
-use crate::repo::{self, keys, MetaBuilder};
-use crate::sbom;
-use crate::tmp::TempTree;
+use crate::base::progress::Progress;
+use crate::base::tmp::TempTree;
+use crate::describe::sbom;
+use crate::store::MetaValue;
+use crate::store::{self, CommitMeta};
 use crate::treefile::Treefile;
+use apt::{AptEnv, Package, ResolveError};
+use lockfile::Lockfile;
 
 /// Bump when a change to cairn changes what the same inputs compose to.
 const COMPOSE_FORMAT: u32 = 4;
@@ -53,7 +57,7 @@ const TMPFS_SIZE: u64 = 6 << 30;
 fn work_tree(opts: &ComposeOpts, ref_: &str) -> Result<TempTree> {
     let parent = opts.cache.join("tmp");
     let name = work_name(ref_);
-    let fits = crate::tmp::memory_available().is_some_and(|m| m >= 2 * TMPFS_SIZE);
+    let fits = crate::base::tmp::memory_available().is_some_and(|m| m >= 2 * TMPFS_SIZE);
     if opts.tmpfs && fits {
         TempTree::new_tmpfs_in(&parent, &name, TMPFS_SIZE)
     } else {
@@ -89,7 +93,7 @@ pub fn compose(
     compose_chain(tf, opts, lockfile.as_ref(), progress, &mut results)?;
     // The summary lists the refs: rewrite it only when one moved (a no-op writes nothing).
     if results.iter().any(|r| !r.skipped) || !opts.repo.join("summary").exists() {
-        repo::update_summary(&opts.repo)?;
+        store::update_summary(&opts.repo)?;
     }
     Ok(results)
 }
@@ -126,7 +130,7 @@ struct Ctx<'a> {
     treefile_digest: String,
     index_digest: String,
     epoch: i64,
-    previous: Option<repo::CommitInfo>,
+    previous: Option<store::Commit>,
     apt: Option<AptEnv>,
     work: Option<TempTree>,
     /// The packages of the finished tree, and the ones this layer installs.
@@ -137,10 +141,6 @@ struct Ctx<'a> {
     kver: String,
     /// For a layer: when the parent's checkout was complete.
     checked_out_at: i128,
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 fn compose_one(
@@ -178,14 +178,14 @@ fn compose_one(
         kver: String::new(),
         checked_out_at: 0,
     };
-    if let Some(done) = check_indexes(&mut ctx)? {
+    if let Some(done) = noop::check_indexes(&mut ctx)? {
         return Ok(done);
     }
-    crate::interrupt::check()?;
+    crate::base::interrupt::check()?;
     prepare_parent(&mut ctx)?;
-    crate::interrupt::check()?;
+    crate::base::interrupt::check()?;
     resolve(&mut ctx)?;
-    if let Some(done) = check_inputhash(&ctx)? {
+    if let Some(done) = noop::check_inputhash(&ctx)? {
         return Ok(done);
     }
     // The flat list of steps; each skips itself when it has nothing to do.
@@ -193,10 +193,10 @@ fn compose_one(
         [download, install, configure, initramfs, finish_layout];
     let result = (|| {
         for step in steps {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             step(&mut ctx)?;
         }
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         commit(&mut ctx)
     })();
     if result.is_err() && opts.keep_failed {
@@ -207,91 +207,18 @@ fn compose_one(
     result
 }
 
-fn skipped(ctx: &Ctx, prev: &repo::CommitInfo) -> ComposeResult {
-    ComposeResult {
-        ref_: ctx.tf.ref_.clone(),
-        commit: prev.checksum.clone(),
-        version: prev.version().unwrap_or_default(),
-        inputhash: prev.string(keys::INPUTHASH).unwrap_or_default(),
-        skipped: true,
-        packages: prev.packages().len(),
-        layer_parent: ctx.parent_commit.clone(),
-        seconds: ctx.start.elapsed().as_secs_f64(),
-    }
-}
-
-/// Step: the cheap no-op check (treefile digest and package index digests).
-fn check_indexes(ctx: &mut Ctx) -> Result<Option<ComposeResult>> {
-    let sources = match &ctx.tf.repos {
-        Some(r) => vec![apt::treefile_sources(r)],
-        None => apt::host_sources()?,
-    };
-    let index = match ctx.lockfile {
-        Some((_, lf)) => {
-            ctx.epoch = lf.source_date_epoch;
-            apt::IndexState {
-                digest: sha256_hex(toml::to_string(lf)?.as_bytes()),
-                newest_date: None,
-            }
-        }
-        None => {
-            let st = apt::index_state(&apt::parse_sources(&sources))
-                .context("checking the package indexes")?;
-            ctx.epoch = st.newest_date.unwrap_or(0);
-            st
-        }
-    };
-    if let Some(e) = ctx.opts.source_date_epoch {
-        ctx.epoch = e;
-    }
-    ctx.index_digest = index.digest.clone();
-    if ctx.opts.repo.join("config").exists() {
-        let r = repo::open(&ctx.opts.repo)?;
-        if let Some(c) = repo::resolve_opt(&r, &ctx.tf.ref_)? {
-            ctx.previous = Some(repo::commit_info(&r, &c)?);
-        }
-    }
-    if !ctx.opts.force {
-        if let Some(prev) = &ctx.previous {
-            let state = IndexNote::read(&ctx.opts.repo, &ctx.tf.ref_);
-            if prev.string(keys::TREEFILE_DIGEST).as_deref() == Some(ctx.treefile_digest.as_str())
-                && state.as_ref().is_some_and(|s| {
-                    s.commit == prev.checksum && s.index_digest == ctx.index_digest
-                })
-            {
-                tracing::info!("{}: inputs unchanged, nothing to do", ctx.tf.ref_);
-                return Ok(Some(skipped(ctx, prev)));
-            }
-        }
-    }
-    ctx.apt = Some(AptEnv::new(
-        &ctx.opts.cache,
-        sources,
-        crate::treefile::basearch(),
-        ctx.tf.recommends,
-    )?);
-    if let Some(apt) = &ctx.apt {
-        let ph = ctx.progress.phase("resolve", "updating package indexes");
-        apt.update(&index)?;
-        apt.set_pins(ctx.lockfile.map(|(_, lf)| lf.packages.as_slice()))?;
-        ph.done("indexes current");
-    }
-    Ok(None)
-}
-
 /// Step: for a layer, check out the parent's commit and make it a Debian root again.
 fn prepare_parent(ctx: &mut Ctx) -> Result<()> {
     let Some(parent) = &ctx.parent_commit else {
         return Ok(());
     };
     let ph = ctx.progress.phase("checkout", "parent layer");
-    let r = repo::open(&ctx.opts.repo)?;
+    let r = store::open(&ctx.opts.repo)?;
     let work = work_tree(ctx.opts, &ctx.tf.ref_)?;
     let root = work.path().join("root");
-    ctx.checked_out_at = repo::checkout(&r, parent, &root)?;
+    ctx.checked_out_at = store::checkout(&r, parent, &root)?;
     layout::from_ostree(&layout::open_root(&root)?)?;
-    let info = repo::commit_info(&r, parent)?;
-    ctx.packages = info.packages();
+    ctx.packages = store::load_commit(&r, parent)?.meta.packages;
     ctx.work = Some(work);
     ph.done(&format!("from {}", &parent[..12.min(parent.len())]));
     Ok(())
@@ -382,26 +309,6 @@ fn resolve(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Step: the input-hash no-op check.
-fn check_inputhash(ctx: &Ctx) -> Result<Option<ComposeResult>> {
-    if ctx.opts.force {
-        return Ok(None);
-    }
-    if let Some(prev) = &ctx.previous {
-        if prev.string(keys::INPUTHASH).as_deref() == Some(ctx.inputhash.as_str()) {
-            tracing::info!("{}: input hash unchanged, nothing to do", ctx.tf.ref_);
-            IndexNote::write(
-                &ctx.opts.repo,
-                &ctx.tf.ref_,
-                &prev.checksum,
-                &ctx.index_digest,
-            );
-            return Ok(Some(skipped(ctx, prev)));
-        }
-    }
-    Ok(None)
-}
-
 /// Step: download what is not cached, and record every package's digest.
 fn download(ctx: &mut Ctx) -> Result<()> {
     let apt = apt_env(&ctx.apt)?;
@@ -436,13 +343,13 @@ fn install(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// The next version on the ref: `<prefix>.<n>`.
-fn next_version(tf: &Treefile, previous: Option<&repo::CommitInfo>) -> String {
-    if let Some(crate::treefile::MetaValue::Str(v)) = tf.add_commit_metadata.get("version") {
+fn next_version(tf: &Treefile, previous: Option<&store::Commit>) -> String {
+    if let Some(MetaValue::Str(v)) = tf.keys.add_commit_metadata.get("version").map(|i| &i.value) {
         return v.clone();
     }
-    let prefix = tf.automatic_version_prefix.as_deref().unwrap_or("0");
+    let prefix = tf.automatic_version_prefix().unwrap_or("0");
     let next = previous
-        .and_then(|p| p.version())
+        .and_then(|p| p.meta.version.as_deref())
         .and_then(|v| {
             v.strip_prefix(&format!("{prefix}."))
                 .and_then(|n| n.parse::<u64>().ok())
@@ -459,9 +366,9 @@ fn configure(ctx: &mut Ctx) -> Result<()> {
     let root = layout::open_root(&root_path)?;
     ctx.version = next_version(ctx.tf, ctx.previous.as_ref());
     ctx.kver = layout::kernel_version(&root)?;
-    rootfs::configure(&ctx.tf.layer, ctx.tf, &root_path, &root, ctx.epoch)?;
+    rootfs::configure(&ctx.tf.keys, &root_path, &root, ctx.epoch)?;
     rootfs::finish(ctx.tf, &root_path, &root, &ctx.version, ctx.epoch)?;
-    rootfs::postprocess(&ctx.tf.layer, &root_path, ctx.epoch)?;
+    rootfs::postprocess(&ctx.tf.keys, &root_path, ctx.epoch)?;
     ph.done("done");
     Ok(())
 }
@@ -471,8 +378,8 @@ fn layer_touches_initramfs(root: &Path, pkgs: &[Package]) -> bool {
     pkgs.iter().any(|p| {
         let list = root.join(format!("var/lib/dpkg/info/{}.list", p.name));
         let list_arch = root.join(format!("var/lib/dpkg/info/{}:{}.list", p.name, p.arch));
-        let text = std::fs::read_to_string(&list)
-            .or_else(|_| std::fs::read_to_string(&list_arch))
+        let text = fs_err::read_to_string(&list)
+            .or_else(|_| fs_err::read_to_string(&list_arch))
             .unwrap_or_default();
         text.lines().any(|l| {
             l.starts_with("/usr/lib/dracut/")
@@ -487,7 +394,7 @@ fn layer_touches_initramfs(root: &Path, pkgs: &[Package]) -> bool {
 fn initramfs(ctx: &mut Ctx) -> Result<()> {
     let root = root_path(ctx)?;
     let needed = ctx.parent_commit.is_none()
-        || !ctx.tf.layer.initramfs_args.is_empty()
+        || !ctx.tf.keys.initramfs_args.is_empty()
         || layer_touches_initramfs(&root, &ctx.new_packages);
     if !needed {
         return Ok(());
@@ -495,12 +402,7 @@ fn initramfs(ctx: &mut Ctx) -> Result<()> {
     let ph = ctx
         .progress
         .phase("initramfs", "dracut with the ostree module");
-    let mut args = Vec::new();
-    let mut t = Some(ctx.tf);
-    while let Some(tf) = t {
-        args.splice(0..0, tf.layer.initramfs_args.iter().cloned());
-        t = tf.parent.as_deref();
-    }
+    let args = ctx.tf.all_initramfs_args();
     rootfs::initramfs(&args, &root, &ctx.kver, ctx.epoch)?;
     ph.done(&ctx.kver);
     Ok(())
@@ -522,45 +424,38 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         created: ctx.epoch,
         packages: &ctx.packages,
     });
-    let meta = MetaBuilder::new();
-    meta.insert(keys::VERSION, ctx.version.as_str())
-        .insert(keys::BOOTABLE, true)
-        .insert(keys::LINUX, ctx.kver.as_str())
-        .insert(keys::INPUTHASH, ctx.inputhash.as_str())
-        .insert(keys::TREEFILE_DIGEST, ctx.treefile_digest.as_str())
-        .insert(keys::TREEFILE, ctx.treefile_json.as_str())
-        .insert(keys::SOURCE_DATE_EPOCH, ctx.epoch)
-        .insert(keys::SBOM, serde_json::to_string(&spdx)?.as_str())
-        .packages(&ctx.packages);
-    if let Some(p) = &ctx.parent_commit {
-        meta.insert(keys::LAYER_PARENT, p.as_str());
-    }
-    for (k, v) in &ctx.tf.add_commit_metadata {
-        match v {
-            crate::treefile::MetaValue::Str(s) => meta.insert(k, s.as_str()),
-            crate::treefile::MetaValue::Int(i) => meta.insert(k, *i),
-            crate::treefile::MetaValue::Bool(b) => meta.insert(k, *b),
-        };
-    }
-    let r = repo::open_or_create(&ctx.opts.repo)?;
+    let meta = CommitMeta {
+        version: Some(ctx.version.clone()),
+        bootable: true,
+        linux: Some(ctx.kver.clone()),
+        inputhash: Some(ctx.inputhash.clone()),
+        treefile_digest: Some(ctx.treefile_digest.clone()),
+        treefile: Some(ctx.treefile_json.clone()),
+        packages: ctx.packages.clone(),
+        sbom_spdx: Some(serde_json::to_string(&spdx)?),
+        source_date_epoch: Some(ctx.epoch),
+        layer_parent: ctx.parent_commit.clone(),
+        extra: ctx.tf.add_commit_metadata(),
+    };
+    let r = store::open_or_create(&ctx.opts.repo)?;
     let subject = format!("{} {}", ctx.tf.ref_, ctx.version);
-    let checksum = repo::write_commit(
+    let checksum = store::write_commit(
         &r,
-        &repo::NewCommit {
+        &store::NewCommit {
             root: &root_path(ctx)?,
-            base: ctx.parent_commit.as_deref().map(|commit| repo::Base {
+            base: ctx.parent_commit.as_deref().map(|commit| store::Base {
                 commit,
                 checked_out_at: ctx.checked_out_at,
             }),
             ref_: &ctx.tf.ref_,
             parent: ctx.previous.as_ref().map(|p| p.checksum.as_str()),
             subject: &subject,
-            metadata: meta.end(),
+            meta: &meta,
             timestamp: u64::try_from(ctx.epoch).unwrap_or(0),
         },
     )?;
     ph.done(&checksum[..12]);
-    IndexNote::write(&ctx.opts.repo, &ctx.tf.ref_, &checksum, &ctx.index_digest);
+    noop::IndexNote::write(&ctx.opts.repo, &ctx.tf.ref_, &checksum, &ctx.index_digest);
     ctx.work = None;
     Ok(ComposeResult {
         ref_: ctx.tf.ref_.clone(),
@@ -574,61 +469,13 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
     })
 }
 
-/// What the package indexes were when a ref's commit was last found current: the cheap no-op
-/// check's memory. It lives beside the repo, not in the commit, so that the commit holds only
-/// what determines its content (a compose from a lockfile then gives the same checksum).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct IndexNote {
-    commit: String,
-    index_digest: String,
-}
-
-impl IndexNote {
-    fn path(repo: &Path, ref_: &str) -> PathBuf {
-        repo.join("cairn-index-state")
-            .join(format!("{}.json", work_name(ref_)))
-    }
-
-    fn read(repo: &Path, ref_: &str) -> Option<Self> {
-        let text = std::fs::read_to_string(Self::path(repo, ref_)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// Best effort: losing it only costs the next no-op an apt resolution.
-    fn write(repo: &Path, ref_: &str, commit: &str, index_digest: &str) {
-        let path = Self::path(repo, ref_);
-        let note = Self {
-            commit: commit.to_string(),
-            index_digest: index_digest.to_string(),
-        };
-        let r = (|| -> Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            crate::tmp::write_atomic(&path, &serde_json::to_vec(&note)?)
-        })();
-        if let Err(e) = r {
-            tracing::warn!(
-                "could not record the index state in {}: {e:#}",
-                path.display()
-            );
-        }
-    }
-}
-
 /// The lockfile for a finished compose: every package of the commit on `ref_`.
 pub fn lockfile_for(repo_path: &Path, commit: &str) -> Result<Lockfile> {
-    let r = repo::open(repo_path)?;
-    let info = repo::commit_info(&r, commit)?;
-    let epoch = info
-        .metadata
-        .lookup::<i64>(keys::SOURCE_DATE_EPOCH)
-        .ok()
-        .flatten()
-        .unwrap_or(info.timestamp as i64);
+    let r = store::open(repo_path)?;
+    let c = store::load_commit(&r, commit)?;
     Ok(Lockfile {
-        source_date_epoch: epoch,
-        packages: info.packages(),
+        source_date_epoch: c.meta.source_date_epoch.unwrap_or(c.timestamp as i64),
+        packages: c.meta.packages,
     })
 }
 
@@ -639,7 +486,7 @@ mod tests {
     #[test]
     fn versions_count_up_from_the_prefix() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(
+        fs_err::write(
             d.path().join("t.toml"),
             "ref = \"a/b\"\nreleasever = \"bookworm\"\nautomatic-version-prefix = \"1\"\n",
         )

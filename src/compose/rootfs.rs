@@ -9,12 +9,13 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use cap_std::fs::Dir;
+use cap_std_ext::dirext::CapStdExtDirExt;
 
-use crate::apt::{AptEnv, Package};
-use crate::cmd::Cmd;
+use crate::base::cmd::Cmd;
+use crate::base::tmp::ChrootMounts;
+use crate::compose::apt::{AptEnv, Package};
 use crate::compose::layout;
-use crate::tmp::ChrootMounts;
-use crate::treefile::{Layer, Treefile};
+use crate::treefile::{Keys, Treefile};
 
 /// Environment every command in the tree gets.
 fn in_tree(cmd: Cmd, epoch: i64) -> Cmd {
@@ -40,7 +41,7 @@ pub fn bootstrap(
 ) -> Result<()> {
     // Absolute already: AptEnv resolves the cache path.
     let debs = apt.debs_dir().to_path_buf();
-    let q = |p: &Path| crate::cmd::shell_quote(&p.display().to_string());
+    let q = |p: &Path| crate::base::cmd::shell_quote(&p.display().to_string());
     // mmdebstrap wants the .debs visible inside the chroot at their host path. The setup hook
     // notes every directory it has to create for them (deepest first), then hardlinks (or, across
     // filesystems, copies) them there; the customize hook removes exactly those files, and each
@@ -81,9 +82,9 @@ pub fn bootstrap(
         .arg(format!("--customize-hook={cleanup}"))
         .arg(format!(
             "--aptopt=APT::Install-Recommends \"{}\"",
-            tf.recommends
+            tf.recommends()
         ));
-    if !tf.documentation {
+    if !tf.documentation() {
         for o in [
             "path-exclude=/usr/share/doc/*",
             "path-include=/usr/share/doc/*/copyright",
@@ -113,20 +114,20 @@ pub fn install_layer(apt: &AptEnv, new: &[Package], root: &Path, epoch: i64) -> 
         return Ok(());
     }
     let archives = root.join("var/cache/apt/archives");
-    std::fs::create_dir_all(&archives)?;
+    fs_err::create_dir_all(&archives)?;
     let mut inside = Vec::new();
     for p in new {
         let src = apt.deb_path(p);
         let dst = archives.join(p.deb_file_name());
-        if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst)
+        if fs_err::hard_link(&src, &dst).is_err() {
+            fs_err::copy(&src, &dst)
                 .with_context(|| format!("copying {} into the tree", src.display()))?;
         }
         inside.push(format!("/var/cache/apt/archives/{}", p.deb_file_name()));
     }
     let policy = root.join("usr/sbin/policy-rc.d");
-    std::fs::write(&policy, "#!/bin/sh\nexit 101\n")?;
-    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs_err::write(&policy, "#!/bin/sh\nexit 101\n")?;
+    fs_err::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let result = {
         let _mounts = ChrootMounts::new(root)?;
         in_tree(chroot(root), epoch)
@@ -143,22 +144,17 @@ pub fn install_layer(apt: &AptEnv, new: &[Package], root: &Path, epoch: i64) -> 
             .run()
             .context("installing the layer's packages with apt in the tree")
     };
-    std::fs::remove_file(&policy)?;
+    fs_err::remove_file(&policy)?;
     for i in &inside {
-        let _ = std::fs::remove_file(root.join(i.trim_start_matches('/')));
+        let _ = fs_err::remove_file(root.join(i.trim_start_matches('/')));
     }
     result.map(|_| ())
 }
 
 /// Apply a layer's files, accounts, units and target (before postprocess scripts).
-pub fn configure(
-    layer: &Layer,
-    tf: &Treefile,
-    root_path: &Path,
-    root: &Dir,
-    epoch: i64,
-) -> Result<()> {
+pub fn configure(layer: &Keys, root_path: &Path, root: &Dir, epoch: i64) -> Result<()> {
     for g in &layer.groups {
+        let (g, at) = (&g.value, &g.origin);
         let mut c = chroot(root_path).arg("groupadd");
         if let Some(gid) = g.gid {
             c = c.arg("--gid").arg(gid.to_string());
@@ -166,15 +162,12 @@ pub fn configure(
         if g.system {
             c = c.arg("--system");
         }
-        in_tree(c.arg(&g.name), epoch).run().with_context(|| {
-            format!(
-                "{}: key `groups`: creating group {}",
-                tf.path.display(),
-                g.name
-            )
-        })?;
+        in_tree(c.arg(&g.name), epoch)
+            .run()
+            .with_context(|| format!("{at}: key `groups`: creating group {}", g.name))?;
     }
     for u in &layer.users {
+        let (u, at) = (&u.value, &u.origin);
         let mut c = chroot(root_path).arg("useradd");
         if let Some(uid) = u.uid {
             c = c.arg("--uid").arg(uid.to_string());
@@ -203,16 +196,12 @@ pub fn configure(
             c = c.arg("--create-home");
         }
         // No password: the account is locked until provisioning gives it a key.
-        in_tree(c.arg(&u.name), epoch).run().with_context(|| {
-            format!(
-                "{}: key `users`: creating user {}",
-                tf.path.display(),
-                u.name
-            )
-        })?;
+        in_tree(c.arg(&u.name), epoch)
+            .run()
+            .with_context(|| format!("{at}: key `users`: creating user {}", u.name))?;
     }
     for af in &layer.add_files {
-        layout::copy_into(root, &af.src, &af.dest)
+        layout::copy_into(root, &af.value.src, &af.value.dest)
             .with_context(|| format!("{}: key `add-files`", af.origin))?;
     }
     for r in &layer.remove_files {
@@ -236,13 +225,13 @@ pub fn finish(
     version: &str,
     epoch: i64,
 ) -> Result<()> {
-    if let Some(t) = &tf.default_target {
+    if let Some(t) = tf.default_target() {
         in_tree(chroot(root_path), epoch)
             .args(["systemctl", "set-default", t])
             .run()
             .with_context(|| format!("{}: key `default-target`: {t}", tf.path.display()))?;
     }
-    if let Some(from) = &tf.mutate_os_release {
+    if let Some(from) = tf.mutate_os_release() {
         mutate_os_release(root, from, version)
             .with_context(|| format!("{}: key `mutate-os-release`", tf.path.display()))?;
     }
@@ -273,27 +262,35 @@ fn mutate_os_release(root: &Dir, from: &str, version: &str) -> Result<()> {
         bail!("VERSION in /usr/lib/os-release does not contain {from:?}");
     }
     out.push_str(&format!("OSTREE_VERSION='{version}'\n"));
-    root.remove_file(path)?;
-    root.write(path, out)?;
+    root.atomic_write(path, out)
+        .context("writing /usr/lib/os-release")?;
     Ok(())
 }
 
-/// Run postprocess scripts (files, then inline) inside the tree, without network.
-pub fn postprocess(layer: &Layer, root_path: &Path, epoch: i64) -> Result<()> {
+/// Run postprocess scripts (files, then inline) inside the tree, without network. A failing
+/// script is named by its own path (or its place in the treefile), not by the copy that ran.
+pub fn postprocess(layer: &Keys, root_path: &Path, epoch: i64) -> Result<()> {
     let scripts: Vec<(String, Vec<u8>)> = layer
-        .postprocess_scripts
+        .postprocess_script
         .iter()
         .map(|s| {
             Ok((
-                format!("{}: key `postprocess-script`", s.origin),
-                std::fs::read(&s.value)
-                    .with_context(|| format!("reading {}", s.value.display()))?,
+                format!(
+                    "postprocess script {} ({}: key `postprocess-script`)",
+                    s.value.0.display(),
+                    s.origin
+                ),
+                fs_err::read(&s.value.0)?,
             ))
         })
         .chain(layer.postprocess.iter().enumerate().map(|(i, s)| {
             Ok((
-                format!("key `postprocess` (script {})", i + 1),
-                format!("#!/bin/sh\nset -eu\n{s}\n").into_bytes(),
+                format!(
+                    "postprocess script {} ({}: key `postprocess`)",
+                    i + 1,
+                    s.origin
+                ),
+                format!("#!/bin/sh\nset -eu\n{}\n", s.value).into_bytes(),
             ))
         }))
         .collect::<Result<_>>()?;
@@ -304,8 +301,8 @@ pub fn postprocess(layer: &Layer, root_path: &Path, epoch: i64) -> Result<()> {
     for (what, body) in scripts {
         let rel = "tmp/cairn-postprocess";
         let host_path = root_path.join(rel);
-        std::fs::write(&host_path, &body)?;
-        std::fs::set_permissions(
+        fs_err::write(&host_path, &body)?;
+        fs_err::set_permissions(
             &host_path,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )?;
@@ -314,9 +311,15 @@ pub fn postprocess(layer: &Layer, root_path: &Path, epoch: i64) -> Result<()> {
             .arg("chroot")
             .arg(root_path)
             .arg(format!("/{rel}"))
-            .run();
-        let _ = std::fs::remove_file(&host_path);
-        r.with_context(|| format!("postprocess script failed ({what})"))?;
+            .run_status();
+        let _ = fs_err::remove_file(&host_path);
+        let (status, out) = r.with_context(|| format!("could not run {what}"))?;
+        if !status.success() {
+            bail!(
+                "{what} failed: {}",
+                crate::base::cmd::failure_message("the script", status, &out.stderr)
+            );
+        }
     }
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::Cmd;
-use crate::manifest::{Manifest, PartKind, Partition};
+use crate::base::cmd::Cmd;
+use crate::image::manifest::{Manifest, PartKind, Partition};
 
 const SECTOR: u64 = 512;
 
@@ -51,9 +51,9 @@ const GRUB_MODULES: &[&str] = &[
 /// Build GRUB's BIOS core image and UEFI executable with the embedded config.
 pub fn grub_images(work: &Path) -> Result<()> {
     let cfg = work.join("early-bios.cfg");
-    std::fs::write(&cfg, format!("{BIOS_SERIAL}{EARLY_CFG}"))?;
+    fs_err::write(&cfg, format!("{BIOS_SERIAL}{EARLY_CFG}"))?;
     let efi_cfg = work.join("early-efi.cfg");
-    std::fs::write(&efi_cfg, EARLY_CFG)?;
+    fs_err::write(&efi_cfg, EARLY_CFG)?;
     Cmd::new("grub-mkimage")
         .args(["-O", "i386-pc", "-p", "/grub", "-c"])
         .arg(&cfg)
@@ -255,7 +255,7 @@ fn fix_ext4(
         ));
     }
     let file = dir.join(format!("{name}.{offset}.debugfs"));
-    std::fs::write(&file, script).with_context(|| format!("writing {}", file.display()))?;
+    fs_err::write(&file, script).with_context(|| format!("writing {}", file.display()))?;
     let out = Cmd::new("debugfs")
         .arg("-w")
         .arg("-f")
@@ -355,8 +355,7 @@ fn write_at(disk: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
 /// blocklist pointing at its own second sector, and boot.img's first 440 bytes into the MBR,
 /// pointing at core.img (the protective MBR's partition table stays).
 pub fn install_bios(disk: &Path, bios: &Partition, core: &Path, boot_img: &Path) -> Result<()> {
-    let mut core_img =
-        std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    let mut core_img = fs_err::read(core).with_context(|| format!("reading {}", core.display()))?;
     if core_img.len() as u64 > bios.size {
         bail!(
             "GRUB's core image ({} bytes) does not fit the BIOS boot partition",
@@ -371,7 +370,7 @@ pub fn install_bios(disk: &Path, bios: &Partition, core: &Path, boot_img: &Path)
     core_img[0x1f4..0x1fc].copy_from_slice(&(first + 1).to_le_bytes());
     write_at(disk, bios.start, &core_img)?;
     let mut boot =
-        std::fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
+        fs_err::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
     if boot.len() < 512 {
         bail!("{} is not GRUB's boot.img", boot_img.display());
     }
@@ -385,7 +384,7 @@ pub fn install_bios(disk: &Path, bios: &Partition, core: &Path, boot_img: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::MIB;
+    use crate::image::manifest::MIB;
 
     #[test]
     fn used_inodes_are_the_complement_of_the_free_ranges() {
@@ -422,7 +421,7 @@ sif \"/a b\" mtime @1795313345\n"
         use std::os::unix::fs::MetadataExt;
         let d = tempfile::tempdir().unwrap();
         let old = d.path().join("old");
-        std::fs::write(&old, b"x").unwrap();
+        fs_err::write(&old, b"x").unwrap();
         nix::sys::stat::utimensat(
             None,
             &old,
@@ -431,11 +430,11 @@ sif \"/a b\" mtime @1795313345\n"
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
         .unwrap();
-        std::fs::create_dir(d.path().join("dir")).unwrap();
-        std::fs::write(d.path().join("dir/new"), b"y").unwrap();
+        fs_err::create_dir(d.path().join("dir")).unwrap();
+        fs_err::write(d.path().join("dir/new"), b"y").unwrap();
         std::os::unix::fs::symlink("missing", d.path().join("dir/link")).unwrap();
         assert!(clamp_mtimes(d.path(), 1000).unwrap().is_empty());
-        let mtime = |p: &str| std::fs::symlink_metadata(d.path().join(p)).unwrap().mtime();
+        let mtime = |p: &str| fs_err::symlink_metadata(d.path().join(p)).unwrap().mtime();
         assert_eq!(mtime("old"), 5);
         assert_eq!(mtime("dir"), 1000);
         assert_eq!(mtime("dir/new"), 1000);
@@ -446,8 +445,8 @@ sif \"/a b\" mtime @1795313345\n"
     fn ext4_in_place_carries_the_epoch_and_the_immutable_flag() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
-        std::fs::create_dir_all(src.join("deploy")).unwrap();
-        std::fs::write(src.join("deploy/file"), b"x").unwrap();
+        fs_err::create_dir_all(src.join("deploy")).unwrap();
+        fs_err::write(src.join("deploy/file"), b"x").unwrap();
         let disk = d.path().join("disk.raw");
         let f = std::fs::File::create(&disk).unwrap();
         f.set_len(64 * MIB).unwrap();
@@ -477,7 +476,7 @@ sif \"/a b\" mtime @1795313345\n"
             chattr("-i").unwrap();
         }
         made.unwrap();
-        let data = std::fs::read(&disk).unwrap();
+        let data = fs_err::read(&disk).unwrap();
         assert_eq!(&data[..3], b"GPT");
         assert!(data[3..8 * MIB as usize].iter().all(|b| *b == 0));
         assert!(data[40 * MIB as usize..].iter().all(|b| *b == 0));
@@ -525,9 +524,9 @@ sif \"/a b\" mtime @1795313345\n"
             .set_len(4 * MIB)
             .unwrap();
         let core = d.path().join("core.img");
-        std::fs::write(&core, vec![0xAAu8; 2048]).unwrap();
+        fs_err::write(&core, vec![0xAAu8; 2048]).unwrap();
         let boot = d.path().join("boot.img");
-        std::fs::write(&boot, vec![0x11u8; 512]).unwrap();
+        fs_err::write(&boot, vec![0x11u8; 512]).unwrap();
         let bios = Partition {
             label: "BIOS".into(),
             kind: PartKind::BiosBoot,
@@ -535,7 +534,7 @@ sif \"/a b\" mtime @1795313345\n"
             size: MIB,
         };
         install_bios(&disk, &bios, &core, &boot).unwrap();
-        let data = std::fs::read(&disk).unwrap();
+        let data = fs_err::read(&disk).unwrap();
         assert_eq!(
             &data[0x5c..0x64],
             &2048u64.to_le_bytes(),

@@ -3,19 +3,20 @@
 //! the partition table and GRUB into a plain file, convert to the manifest's formats, write
 //! stream metadata.
 
-pub mod deploy;
+pub mod artifacts;
 pub mod disk;
+pub mod manifest;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
-use crate::artifacts::{self, Artifact};
-use crate::manifest::{Firmware, Manifest, PartKind, Partition};
-use crate::progress::Progress;
-use crate::repo;
-use crate::tmp::TempTree;
+use crate::base::progress::Progress;
+use crate::base::tmp::TempTree;
+use crate::store::{self, sysroot};
+use artifacts::Artifact;
+use manifest::{Firmware, Manifest, PartKind, Partition};
 
 /// Where images go and what they are made from.
 pub struct ImageOpts {
@@ -80,11 +81,11 @@ pub fn build(
     opts: &ImageOpts,
     progress: &Progress,
 ) -> Result<ImageResult> {
-    let r = repo::open(&opts.repo)?;
-    let commit = repo::resolve(&r, rev)?;
-    let info = repo::commit_info(&r, &commit)?;
-    check_provisioning(m, rev, &info.packages())?;
-    let version = info.version().unwrap_or_else(|| commit[..12].to_string());
+    let r = store::open(&opts.repo)?;
+    let commit = store::resolve(&r, rev)?;
+    let info = store::load_commit(&r, &commit)?;
+    check_provisioning(m, rev, &info.meta.packages)?;
+    let version = info.version_or_checksum();
     let work = TempTree::new_in(&opts.cache.join("tmp"), &format!("image-{}", m.name))?;
     let mut ctx = Ctx {
         m,
@@ -103,15 +104,19 @@ pub fn build(
     };
     let steps: [fn(&mut Ctx) -> Result<()>; 2] = [deploy_step, filesystems];
     for step in steps {
-        crate::interrupt::check()?;
+        crate::base::interrupt::check()?;
         step(&mut ctx)?;
     }
-    crate::interrupt::check()?;
+    crate::base::interrupt::check()?;
     // The trees mkfs read are not needed for the formats: removed meanwhile (whatever is left
     // goes with the work tree).
     let trees = [ctx.w("sysroot"), ctx.w("bootfs")];
     std::thread::scope(|s| {
-        let rm = s.spawn(|| trees.iter().try_for_each(|t| crate::tmp::remove_tree(t)));
+        let rm = s.spawn(|| {
+            trees
+                .iter()
+                .try_for_each(|t| crate::base::tmp::remove_tree(t))
+        });
         let result = convert(&ctx);
         let _ = rm.join();
         result
@@ -119,8 +124,8 @@ pub fn build(
 }
 
 /// A NoCloud image needs cloud-init in its commit, or nobody could ever log in to it.
-fn check_provisioning(m: &Manifest, rev: &str, packages: &[crate::apt::Package]) -> Result<()> {
-    if m.provisioning == crate::manifest::Provisioning::NoCloud
+fn check_provisioning(m: &Manifest, rev: &str, packages: &[crate::base::Package]) -> Result<()> {
+    if m.provisioning == manifest::Provisioning::NoCloud
         && !packages.iter().any(|p| p.name == "cloud-init")
     {
         bail!(
@@ -154,12 +159,12 @@ fn deploy_step(ctx: &mut Ctx) -> Result<()> {
 
 fn deploy_tree(ctx: &Ctx) -> Result<String> {
     let sysroot = ctx.w("sysroot");
-    std::fs::create_dir_all(&sysroot)?;
+    fs_err::create_dir_all(&sysroot)?;
     let mut kargs = vec!["root=LABEL=root".to_string(), "rw".to_string()];
     kargs.extend(ctx.m.kernel_arguments.iter().cloned());
-    let dep = deploy::deploy(
+    let dep = sysroot::deploy(
         &sysroot,
-        &deploy::DeployOpts {
+        &sysroot::DeployOpts {
             repo: &ctx.opts.repo,
             commit: &ctx.commit,
             ref_: &ctx.ref_,
@@ -170,22 +175,22 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
     )?;
     // The node writes new boot entries into /boot on upgrades: mount the boot partition there.
     let fstab = sysroot.join(&dep).join("etc/fstab");
-    std::fs::write(
+    fs_err::write(
         &fstab,
         "# Written by cairn image\nLABEL=boot /boot ext4 defaults 0 2\n",
     )
     .with_context(|| format!("writing {}", fstab.display()))?;
     // /boot becomes its own filesystem.
-    std::fs::rename(sysroot.join("boot"), ctx.w("bootfs"))?;
-    std::fs::create_dir(sysroot.join("boot"))?;
+    fs_err::rename(sysroot.join("boot"), ctx.w("bootfs"))?;
+    fs_err::create_dir(sysroot.join("boot"))?;
     let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
-    crate::manifest::check_boot_size(ctx.m, kernels)?;
+    manifest::check_boot_size(ctx.m, kernels)?;
     Ok(dep)
 }
 
 fn dir_size(p: &Path) -> Result<u64> {
     let mut total = 0;
-    for e in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+    for e in fs_err::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
         let e = e?;
         let m = e.metadata()?;
         total += if m.is_dir() {
@@ -223,7 +228,7 @@ fn filesystems(ctx: &mut Ctx) -> Result<()> {
     )?;
     // The image has the deployment root's immutable flag; the work tree needs it no more, and
     // without it the tree is removed in one pass, not a failed one and a `chattr -R` walk.
-    crate::cmd::Cmd::new("chattr")
+    crate::base::cmd::Cmd::new("chattr")
         .arg("-i")
         .arg(ctx.w("sysroot").join(&ctx.deployment))
         .run()?;
@@ -264,7 +269,7 @@ fn bootloader(ctx: &Ctx) -> Result<()> {
 
 fn convert(ctx: &Ctx) -> Result<ImageResult> {
     let ph = ctx.progress.phase("convert", "writing the image formats");
-    std::fs::create_dir_all(&ctx.opts.out)
+    fs_err::create_dir_all(&ctx.opts.out)
         .with_context(|| format!("creating {}", ctx.opts.out.display()))?;
     let base = format!("{}-{}", ctx.m.name, ctx.version);
     let mut arts = Vec::new();

@@ -1,10 +1,7 @@
-//! The raw treefile as written: every key optional, unknown keys rejected, spans kept so that
-//! later validation can name the line at fault.
-
-use std::collections::BTreeMap;
+//! Raw values of the treefile keys that are more than a string: `include` and the account
+//! tables. The raw treefile itself is generated from the key table in [`super::keys`].
 
 use serde::Deserialize;
-use toml::Spanned;
 
 /// One string or a list of them (rpm-ostree accepts both for `include`).
 #[derive(Debug, Clone, Deserialize)]
@@ -47,31 +44,4 @@ pub struct RawGroup {
     pub gid: Option<u32>,
     #[serde(default)]
     pub system: bool,
-}
-
-/// A treefile exactly as parsed from TOML.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawTreefile {
-    #[serde(rename = "ref")]
-    pub ref_: Option<Spanned<String>>,
-    pub include: Option<Spanned<OneOrMany>>,
-    pub releasever: Option<Spanned<String>>,
-    pub packages: Option<Vec<Spanned<String>>>,
-    pub exclude_packages: Option<Vec<Spanned<String>>>,
-    pub repos: Option<Vec<Spanned<String>>>,
-    pub recommends: Option<bool>,
-    pub documentation: Option<bool>,
-    pub add_files: Option<Vec<Spanned<(String, String)>>>,
-    pub remove_files: Option<Vec<Spanned<String>>>,
-    pub postprocess_script: Option<Spanned<String>>,
-    pub postprocess: Option<Vec<String>>,
-    pub units: Option<Vec<Spanned<String>>>,
-    pub default_target: Option<Spanned<String>>,
-    pub add_commit_metadata: Option<BTreeMap<String, Spanned<toml::Value>>>,
-    pub automatic_version_prefix: Option<Spanned<String>>,
-    pub mutate_os_release: Option<Spanned<String>>,
-    pub initramfs_args: Option<Vec<String>>,
-    pub users: Option<Vec<RawUser>>,
-    pub groups: Option<Vec<RawGroup>>,
 }

@@ -26,8 +26,8 @@ fn parses_base() {
     let t = load(&d.path().join("base.toml")).unwrap();
     assert_eq!(t.ref_, format!("test/{}/base", basearch()));
     assert_eq!(t.all_packages(), vec!["openssh-server", "systemd"]);
-    assert!(!t.recommends);
-    assert!(t.documentation);
+    assert!(!t.recommends());
+    assert!(t.documentation());
     assert!(t.parent.is_none());
 }
 
@@ -46,7 +46,7 @@ fn fragment_include_concatenates_and_overrides() {
     );
     let t = load(&d.path().join("top.toml")).unwrap();
     assert_eq!(t.all_packages(), vec!["curl", "vim"]);
-    assert_eq!(t.default_target.as_deref(), Some("multi-user.target"));
+    assert_eq!(t.default_target(), Some("multi-user.target"));
     assert!(
         t.parent.is_none(),
         "a fragment without a ref is merged, not layered"
@@ -65,10 +65,10 @@ fn include_with_ref_is_a_parent_layer() {
     let t = load(&d.path().join("child.toml")).unwrap();
     let parent = t.parent.as_ref().expect("parent layer");
     assert_eq!(parent.ref_, format!("test/{}/base", basearch()));
-    assert_eq!(t.layer.packages.len(), 1);
+    assert_eq!(t.keys.packages.len(), 1);
     assert_eq!(t.all_packages(), vec!["nginx", "openssh-server", "systemd"]);
     assert_eq!(t.releasever, "bookworm", "inherited from the parent");
-    assert_eq!(t.automatic_version_prefix.as_deref(), Some("1"));
+    assert_eq!(t.automatic_version_prefix(), Some("1"));
 }
 
 #[test]
@@ -290,4 +290,201 @@ fn path_normalisation() {
     assert_eq!(normalize_tree_path("/etc/./a"), Some("/etc/a".into()));
     assert_eq!(normalize_tree_path("/etc/../a"), None);
     assert_eq!(normalize_tree_path("etc/a"), None);
+}
+
+#[test]
+fn bad_names_are_refused_where_they_are_written() {
+    let d = tempfile::tempdir().unwrap();
+    let long = "x".repeat(201);
+    let cases = [
+        ("ref = \"\"", "`ref`"),
+        ("ref = \"a/../b\"", "`ref`"),
+        ("ref = \"a/\\u0007\"", "`ref`"),
+        (&*format!("ref = \"{long}\""), "`ref`"),
+        ("[[users]]\nname = \"../evil\"", "`users.name`"),
+        ("[[users]]\nname = \"a/b\"", "`users.name`"),
+        ("[[users]]\nname = \"\"", "`users.name`"),
+        (
+            "[[users]]\nname = \"abcdefghijklmnopqrstuvwxyz0123456789\"",
+            "`users.name`",
+        ),
+        (
+            "[[users]]\nname = \"ok\"\ngroups = [\"wh/eel\"]",
+            "`users.groups`",
+        ),
+        ("[[groups]]\nname = \"..\"", "`groups.name`"),
+        ("units = [\"../x.service\"]", "`units`"),
+        ("units = [\".service\"]", "`units`"),
+        ("releasever = \"book/worm\"", "`releasever`"),
+    ];
+    for (line, key) in cases {
+        let body = if line.starts_with("ref") {
+            format!("releasever = \"bookworm\"\n{line}\n")
+        } else if line.starts_with("releasever") {
+            format!("ref = \"x/a\"\n{line}\n")
+        } else {
+            format!("ref = \"x/a\"\nreleasever = \"bookworm\"\n{line}\n")
+        };
+        write(d.path(), "a.toml", &body);
+        let e = err(d.path(), "a.toml");
+        assert!(
+            e.contains(key) && (e.contains("a.toml:2") || e.contains("a.toml:3")),
+            "{line}: {e}"
+        );
+    }
+}
+
+/// One variation of every key in the key table: two values that must flatten differently.
+fn variations(d: &Path) -> Vec<(&'static str, String, String)> {
+    write(d, "one.conf", "one");
+    write(d, "two.conf", "two");
+    write(d, "one.sh", "#!/bin/sh\necho one\n");
+    write(d, "two.sh", "#!/bin/sh\necho two\n");
+    let v = |k: &'static str, a: &str, b: &str| (k, a.to_string(), b.to_string());
+    vec![
+        v(
+            "include",
+            "include = \"frag-a.toml\"",
+            "include = \"frag-b.toml\"",
+        ),
+        v("ref", "ref = \"x/a\"", "ref = \"x/b\""),
+        v(
+            "releasever",
+            "releasever = \"bookworm\"",
+            "releasever = \"trixie\"",
+        ),
+        v(
+            "repos",
+            "repos = [\"deb http://a/ bookworm main\"]",
+            "repos = [\"deb http://b/ bookworm main\"]",
+        ),
+        v("recommends", "recommends = false", "recommends = true"),
+        v(
+            "documentation",
+            "documentation = false",
+            "documentation = true",
+        ),
+        v(
+            "default-target",
+            "default-target = \"multi-user.target\"",
+            "default-target = \"graphical.target\"",
+        ),
+        v(
+            "automatic-version-prefix",
+            "automatic-version-prefix = \"1\"",
+            "automatic-version-prefix = \"2\"",
+        ),
+        v(
+            "mutate-os-release",
+            "mutate-os-release = \"12\"",
+            "mutate-os-release = \"13\"",
+        ),
+        v(
+            "add-commit-metadata",
+            "add-commit-metadata = { a = 1 }",
+            "add-commit-metadata = { a = 2 }",
+        ),
+        v("packages", "packages = [\"vim\"]", "packages = [\"curl\"]"),
+        v(
+            "exclude-packages",
+            "exclude-packages = [\"vim\"]",
+            "exclude-packages = [\"curl\"]",
+        ),
+        v(
+            "add-files",
+            "add-files = [[\"one.conf\", \"/etc/x.conf\"]]",
+            "add-files = [[\"two.conf\", \"/etc/x.conf\"]]",
+        ),
+        v(
+            "remove-files",
+            "remove-files = [\"/usr/a\"]",
+            "remove-files = [\"/usr/b\"]",
+        ),
+        v(
+            "postprocess-script",
+            "postprocess-script = \"one.sh\"",
+            "postprocess-script = \"two.sh\"",
+        ),
+        v(
+            "postprocess",
+            "postprocess = [\"true\"]",
+            "postprocess = [\"false\"]",
+        ),
+        v(
+            "units",
+            "units = [\"a.service\"]",
+            "units = [\"b.service\"]",
+        ),
+        v(
+            "initramfs-args",
+            "initramfs-args = [\"--add=a\"]",
+            "initramfs-args = [\"--add=b\"]",
+        ),
+        v(
+            "users",
+            "[[users]]\nname = \"ops\"",
+            "[[users]]\nname = \"dev\"",
+        ),
+        v(
+            "groups",
+            "[[groups]]\nname = \"ops\"",
+            "[[groups]]\nname = \"dev\"",
+        ),
+    ]
+}
+
+#[test]
+fn every_key_changes_the_input_hash() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "frag-a.toml", "packages = [\"vim\"]\n");
+    write(d.path(), "frag-b.toml", "packages = [\"curl\"]\n");
+    let vars = variations(d.path());
+    // The table of variations covers every key the parser takes, and no other.
+    let mut covered: Vec<&str> = vars.iter().map(|v| v.0).collect();
+    let mut all: Vec<&str> = KEYS.to_vec();
+    covered.sort();
+    all.sort();
+    assert_eq!(covered, all, "a treefile key without a variation here");
+    let flat = |line: &str, key: &str| -> String {
+        // Tables ([[users]]) go last; `ref` and `releasever` only where the variation lacks them.
+        let mut body = String::new();
+        if key != "ref" {
+            body.push_str("ref = \"x/a\"\n");
+        }
+        if key != "releasever" {
+            body.push_str("releasever = \"bookworm\"\n");
+        }
+        body.push_str(line);
+        body.push('\n');
+        write(d.path(), "t.toml", &body);
+        let t = load(&d.path().join("t.toml")).unwrap_or_else(|e| panic!("{line}: {e:#}"));
+        serde_json::to_string(&t.flattened().unwrap()).unwrap()
+    };
+    for (key, a, b) in &vars {
+        assert_ne!(
+            flat(a, key),
+            flat(b, key),
+            "changing `{key}` leaves the input hash as it was"
+        );
+    }
+}
+
+#[test]
+fn a_layer_inherits_settings_and_keeps_its_own_lists() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "base.toml", BASE);
+    write(
+        d.path(),
+        "child.toml",
+        "include = [\"base.toml\"]\nref = \"test/child\"\nrecommends = false\ndocumentation = true\npackages = [\"nginx\"]\n[add-commit-metadata]\nlayer = \"child\"\n",
+    );
+    let t = load(&d.path().join("child.toml")).unwrap();
+    // Writing out the parent's own (default) settings is no change.
+    assert!(!t.recommends() && t.documentation());
+    assert_eq!(
+        t.keys.units.len(),
+        0,
+        "the parent's units are in its commit"
+    );
+    assert_eq!(t.add_commit_metadata().len(), 1);
 }

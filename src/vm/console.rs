@@ -103,7 +103,7 @@ pub fn verdict(text: &str, accel: Accel) -> Verdict {
 
 /// Read a console log file (an unreadable or absent log shows nothing yet).
 pub fn scan(log: &Path, accel: Accel) -> Verdict {
-    match std::fs::read(log) {
+    match fs_err::read(log) {
         Ok(bytes) => verdict(&String::from_utf8_lossy(&bytes), accel),
         Err(_) => Verdict::default(),
     }
@@ -237,7 +237,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("console.log");
         assert_eq!(scan(&log, Accel::Tcg), Verdict::default());
-        std::fs::write(&log, format!("{GOOD}{}\n", STARVATION_LINES[0])).unwrap();
+        fs_err::write(&log, format!("{GOOD}{}\n", STARVATION_LINES[0])).unwrap();
         let v = scan(&log, Accel::Tcg);
         assert!(v.fatal.is_none());
         assert_eq!(v.warnings.len(), 1);

@@ -2,9 +2,13 @@
 //! otherwise), firmware (SeaBIOS or OVMF), a copy-on-write overlay so the image is never changed,
 //! a NoCloud seed for provisioning, SSH on a forwarded loopback port, and the console in a log.
 //!
-//! A [`Vm`] is a guard: dropping it kills QEMU, also when a test fails or Ctrl-C arrives.
+//! A [`Vm`] is a guard: dropping it kills QEMU, also when a test fails or Ctrl-C arrives. A
+//! [`guest::Guest`] is a booted VM reached over SSH: ready when systemd settles, rebooted as a
+//! power cycle, read for its boot id; the test harness and fleet rollouts drive VMs through it.
 
 pub mod console;
+pub mod guest;
+pub mod run;
 pub mod seed;
 pub mod ssh;
 
@@ -15,8 +19,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{Cmd, Spawned};
-use crate::manifest::Firmware;
+use crate::base::cmd::{Cmd, Spawned};
+use crate::base::Firmware;
+
+/// The address of the host's loopback as QEMU's user network shows it to a guest.
+pub const GUEST_HOST_ADDR: &str = "10.0.2.2";
 
 /// The OVMF build with Secure Boot off, as Debian 12's `ovmf` ships it.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -75,7 +82,7 @@ pub fn probe(work: &Path, accel: Accel, limit: Duration) -> Result<()> {
         .tempdir_in(work)
         .with_context(|| format!("could not make a directory in {}", work.display()))?;
     let img = dir.path().join("probe.img");
-    std::fs::write(&img, &sector).with_context(|| format!("could not write {}", img.display()))?;
+    fs_err::write(&img, &sector).with_context(|| format!("could not write {}", img.display()))?;
     // The same CPU model as the real VMs: on some hosts KVM runs a guest with QEMU's default
     // CPU but aborts with the host's. The machine is `pc`: SeaBIOS boots this one-sector disk
     // from its IDE controller at once, while on q35 it never reaches it.
@@ -152,6 +159,8 @@ pub struct Spec {
     pub console: Console,
     /// Boot the image itself instead of an overlay (its changes persist).
     pub write_image: bool,
+    /// Guest TCP ports forwarded from free loopback ports, besides SSH's 22.
+    pub forwards: Vec<u16>,
 }
 
 /// What `qemu-img info` says of an image.
@@ -186,6 +195,8 @@ pub fn free_port() -> Result<u16> {
 pub struct Vm {
     qemu: Spawned,
     pub ssh_port: u16,
+    /// (guest port, loopback port) for each of the spec's forwards.
+    ports: Vec<(u16, u16)>,
     qemu_log: PathBuf,
     /// What [`Vm::power_on`] starts QEMU again with.
     spec: Spec,
@@ -232,7 +243,7 @@ fn prepare(spec: &Spec, dir: &Path) -> Result<Disks> {
     };
     let vars = if spec.firmware == Firmware::Uefi {
         let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).with_context(|| {
+        fs_err::copy(OVMF_VARS, &vars).with_context(|| {
             format!("could not copy {OVMF_VARS} (is Debian's `ovmf` package installed?)")
         })?;
         Some(vars)
@@ -242,9 +253,13 @@ fn prepare(spec: &Spec, dir: &Path) -> Result<Disks> {
     Ok(Disks { disk, format, vars })
 }
 
-/// The QEMU command line for `spec` on `d`, forwarding `port` to the guest's SSH.
-fn qemu_cmd(spec: &Spec, d: &Disks, port: u16) -> Cmd {
+/// The QEMU command line for `spec` on `d`, forwarding loopback ports to guest ports.
+fn qemu_cmd(spec: &Spec, d: &Disks, ports: &[(u16, u16)]) -> Cmd {
     let (disk, format) = (&d.disk, &d.format);
+    let hostfwd: String = ports
+        .iter()
+        .map(|(guest, host)| format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+        .collect();
     let mut c = Cmd::new("qemu-system-x86_64")
         .args(machine_args(spec.accel, "q35"))
         .args(["-m", &spec.memory_mib.to_string()])
@@ -255,7 +270,7 @@ fn qemu_cmd(spec: &Spec, d: &Disks, port: u16) -> Cmd {
             opt_path(disk)
         ))
         .args(["-netdev"])
-        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"))
+        .arg(format!("user,id=net0{hostfwd}"))
         .args(["-device", "virtio-net-pci,netdev=net0"])
         .args(["-device", "virtio-rng-pci"]);
     if let Some(seed) = &spec.seed {
@@ -290,6 +305,14 @@ fn qemu_cmd(spec: &Spec, d: &Disks, port: u16) -> Cmd {
     }
 }
 
+/// SSH's forward first, then the spec's, each from a free loopback port.
+fn forwards(spec: &Spec) -> Result<Vec<(u16, u16)>> {
+    std::iter::once(22)
+        .chain(spec.forwards.iter().copied().filter(|p| *p != 22))
+        .map(|g| Ok((g, free_port()?)))
+        .collect()
+}
+
 /// What is booted, for the line announcing it.
 fn booting(spec: &Spec) -> String {
     format!(
@@ -303,14 +326,16 @@ fn booting(spec: &Spec) -> String {
 impl Vm {
     /// Boot `spec` in the background with its files (overlay, vars, logs) in `dir`.
     pub fn start(spec: &Spec, dir: &Path) -> Result<Self> {
-        let port = free_port()?;
+        let ports = forwards(spec)?;
+        let port = ports[0].1;
         let qemu_log = dir.join("qemu.log");
         let disks = prepare(spec, dir)?;
         tracing::info!("{} with SSH on 127.0.0.1:{port}", booting(spec));
-        let qemu = qemu_cmd(spec, &disks, port).spawn_logged(&qemu_log)?;
+        let qemu = qemu_cmd(spec, &disks, &ports).spawn_logged(&qemu_log)?;
         Ok(Vm {
             qemu,
             ssh_port: port,
+            ports,
             qemu_log,
             spec: spec.clone(),
             disks,
@@ -320,7 +345,7 @@ impl Vm {
     /// Wait until QEMU has ended (after the guest's reboot with `-no-reboot`).
     pub fn wait_powered_off(&mut self, deadline: std::time::Instant) -> Result<()> {
         while self.qemu.check_running().is_ok() {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             if std::time::Instant::now() > deadline {
                 bail!("the VM did not go down for its reboot in time");
             }
@@ -331,17 +356,28 @@ impl Vm {
 
     /// Start QEMU again on the same disk, variables and port: the second half of a reboot.
     pub fn power_on(&mut self) -> Result<()> {
-        self.qemu =
-            qemu_cmd(&self.spec, &self.disks, self.ssh_port).spawn_logged(&self.qemu_log)?;
+        self.qemu = qemu_cmd(&self.spec, &self.disks, &self.ports).spawn_logged(&self.qemu_log)?;
         Ok(())
+    }
+
+    /// The loopback port that reaches `guest_port` (SSH's 22, or one of the spec's forwards).
+    pub fn host_port(&self, guest_port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(g, _)| *g == guest_port)
+            .map(|(_, h)| *h)
+    }
+
+    /// The QEMU process id (a fleet test kills it to lose a node).
+    pub fn pid(&self) -> u32 {
+        self.qemu.id()
     }
 
     /// An error if QEMU has ended, with the tail of its own log.
     pub fn check_running(&mut self) -> Result<()> {
         self.qemu.check_running().map_err(|e| {
             let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            let tail = crate::base::text::tail(&log, 10, "\n");
             e.context(format!("QEMU stopped: {tail}"))
         })
     }
@@ -349,8 +385,9 @@ impl Vm {
 
 /// Run `spec` with the console on this terminal until the guest powers off or QEMU is quit.
 pub fn run_foreground(spec: &Spec, dir: &Path) -> Result<std::process::ExitStatus> {
-    let port = free_port()?;
-    let cmd = qemu_cmd(spec, &prepare(spec, dir)?, port);
+    let ports = forwards(spec)?;
+    let port = ports[0].1;
+    let cmd = qemu_cmd(spec, &prepare(spec, dir)?, &ports);
     eprintln!(
         "cairn: {}; SSH: ssh -p {port} ops@127.0.0.1; quit: Ctrl-A x",
         booting(spec)
@@ -389,7 +426,7 @@ mod tests {
     fn overlay_smaller_than_image_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("a.raw");
-        std::fs::write(&img, vec![0u8; 2 << 20]).unwrap();
+        fs_err::write(&img, vec![0u8; 2 << 20]).unwrap();
         let spec = Spec {
             info: image_info(&img).unwrap(),
             image: img,
@@ -401,6 +438,7 @@ mod tests {
             accel: Accel::Tcg,
             console: Console::Terminal,
             write_image: false,
+            forwards: vec![],
         };
         let err = prepare(&spec, dir.path()).err().unwrap();
         assert!(

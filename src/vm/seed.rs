@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::cmd::Cmd;
+use crate::base::cmd::Cmd;
 
 /// What provisioning gives the VM.
 #[derive(Debug, Clone)]
@@ -44,9 +44,9 @@ fn yaml_quote(s: &str) -> String {
 pub fn write(p: &Provision, dir: &Path, out: &Path) -> Result<()> {
     let ud = dir.join("user-data");
     let md = dir.join("meta-data");
-    std::fs::write(&ud, user_data(p)).with_context(|| format!("writing {}", ud.display()))?;
-    std::fs::write(&md, meta_data(p)).with_context(|| format!("writing {}", md.display()))?;
-    let _ = std::fs::remove_file(out);
+    fs_err::write(&ud, user_data(p)).with_context(|| format!("writing {}", ud.display()))?;
+    fs_err::write(&md, meta_data(p)).with_context(|| format!("writing {}", md.display()))?;
+    let _ = fs_err::remove_file(out);
     Cmd::new("mkfs.vfat")
         .args(["-n", "CIDATA", "-C"])
         .arg(out)
@@ -62,9 +62,47 @@ pub fn write(p: &Provision, dir: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The public keys to provision: the file given, else `~/.ssh/id_ed25519.pub` or
+/// `~/.ssh/id_rsa.pub` when present; none (with a warning) otherwise.
+pub fn public_keys(path: Option<&Path>) -> Result<Vec<String>> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => std::env::var_os("HOME").and_then(|h| {
+            ["id_ed25519.pub", "id_rsa.pub"]
+                .iter()
+                .map(|f| Path::new(&h).join(".ssh").join(f))
+                .find(|p| p.is_file())
+        }),
+    };
+    let Some(p) = path else {
+        tracing::warn!("no SSH public key (--ssh-key): nobody can log in over SSH");
+        return Ok(Vec::new());
+    };
+    let k = fs_err::read_to_string(&p).context("reading the SSH key")?;
+    if !k.starts_with("ssh-") && !k.starts_with("ecdsa-") {
+        anyhow::bail!("{}: not an SSH public key", p.display());
+    }
+    Ok(vec![k.trim().to_string()])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_keys_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("k.pub");
+        std::fs::write(&k, "ssh-ed25519 AAAA test\n").unwrap();
+        assert_eq!(
+            public_keys(Some(&k)).unwrap(),
+            vec!["ssh-ed25519 AAAA test"]
+        );
+        std::fs::write(&k, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        let e = public_keys(Some(&k)).unwrap_err().to_string();
+        assert!(e.contains("not an SSH public key"), "{e}");
+        assert!(public_keys(Some(&d.path().join("none.pub"))).is_err());
+    }
 
     #[test]
     fn seed_holds_both_files_under_the_cidata_label() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{Cmd, Output, TimedOut};
+use crate::base::cmd::{Cmd, Output, TimedOut};
 
 /// A key pair made for one run; it lives in the run's temporary directory.
 #[derive(Debug, Clone)]
@@ -19,13 +19,13 @@ impl Key {
     /// Make a new key in `dir`.
     pub fn generate(dir: &Path) -> Result<Self> {
         let private = dir.join("id_ed25519");
-        let _ = std::fs::remove_file(&private);
+        let _ = fs_err::remove_file(&private);
         Cmd::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "cairn-vm-test", "-f"])
             .arg(&private)
             .run()?;
         let pubfile = dir.join("id_ed25519.pub");
-        let public = std::fs::read_to_string(&pubfile)
+        let public = fs_err::read_to_string(&pubfile)
             .with_context(|| format!("reading {}", pubfile.display()))?
             .trim()
             .to_string();
@@ -89,7 +89,7 @@ impl Ssh {
     /// between attempts; an error when `deadline` passes.
     pub fn wait(&self, deadline: Instant, alive: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         loop {
-            crate::interrupt::check()?;
+            crate::base::interrupt::check()?;
             alive()?;
             let last = match self.status("true", Duration::from_secs(20)) {
                 Ok((Some(0), _)) => return Ok(()),

@@ -20,8 +20,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::manifest::{parse_size, Firmware};
-use crate::treefile::line_of;
+use crate::base::span::line_of;
+use crate::base::units::{parse_duration, parse_size};
+use crate::base::Firmware;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -51,23 +52,10 @@ pub struct TestDef {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MEMORY_MIB: u64 = 1536;
 
-/// Parse "90s", "10m", "1h" or a number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 's') => (&s[..i], 1),
-        (i, 'm') => (&s[..i], 60),
-        (i, 'h') => (&s[..i], 3600),
-        _ => (s, 1),
-    };
-    let n: u64 = num.trim().parse().ok()?;
-    (n > 0).then(|| Duration::from_secs(n * mult))
-}
-
 /// Read the header of the test at `path`, named `name`.
 pub fn read(path: &Path, name: &str) -> Result<TestDef> {
     let meta =
-        std::fs::metadata(path).with_context(|| format!("{}: no such test", path.display()))?;
+        fs_err::metadata(path).with_context(|| format!("{}: no such test", path.display()))?;
     if !meta.is_file() {
         bail!("{}: a test must be a file", path.display());
     }
@@ -77,7 +65,7 @@ pub fn read(path: &Path, name: &str) -> Result<TestDef> {
             path.display()
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = fs_err::read(path).with_context(|| format!("reading {}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
     let mut first_line = 1;
@@ -181,7 +169,7 @@ fn ignored(name: &str) -> bool {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<TestDef>) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
+    let mut entries: Vec<_> = fs_err::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("reading {}", dir.display()))?;
@@ -229,9 +217,9 @@ mod tests {
 
     fn write(dir: &Path, rel: &str, body: &str, mode: u32) -> PathBuf {
         let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, body).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        fs_err::create_dir_all(p.parent().unwrap()).unwrap();
+        fs_err::write(&p, body).unwrap();
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         p
     }
 
@@ -301,18 +289,9 @@ mod tests {
         assert!(e.contains("not executable"), "{e}");
         let e = format!("{:#}", discover(&[d.path().join("nope")]).unwrap_err());
         assert!(e.contains("no such test"), "{e}");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fs_err::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         write(d.path(), "suite/README.md", "docs", 0o644);
         let t = discover(&[d.path().join("suite")]).unwrap();
         assert_eq!(t.len(), 1);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
-        assert_eq!(parse_duration("0"), None);
-        assert_eq!(parse_duration("m"), None);
     }
 }

@@ -10,7 +10,6 @@
 
 pub mod header;
 pub mod report;
-pub mod serve;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -19,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::TimedOut;
-use crate::manifest::Firmware;
-use crate::vm::ssh::{Key, Ssh};
-use crate::vm::{self, console, seed, Accel, Console, Spec, Vm};
+use crate::base::cmd::TimedOut;
+use crate::base::Firmware;
+use crate::store::serve::RepoServer;
+use crate::vm::guest::Guest;
+use crate::vm::ssh::Key;
+use crate::vm::{self, console, seed, Accel, Console, Spec};
 use header::TestDef;
 use report::{Boot, CaseResult, Report, Status};
 
@@ -165,7 +166,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
             vm::OVMF_CODE
         );
     }
-    std::fs::create_dir_all(&opts.out)
+    fs_err::create_dir_all(&opts.out)
         .with_context(|| format!("could not create {}", opts.out.display()))?;
     let work = tempfile::Builder::new()
         .prefix(".work-")
@@ -175,11 +176,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
         Some(a) => a,
         None => vm::accel(work.path()),
     };
-    let server = opts
-        .repo
-        .as_deref()
-        .map(serve::RepoServer::start)
-        .transpose()?;
+    let server = opts.repo.as_deref().map(RepoServer::start).transpose()?;
     let key = Key::generate(work.path())?;
     // Disks are bigger than the image by default, so that growing the root is exercised.
     let default_disk = info.virtual_size + (2 << 30);
@@ -187,7 +184,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let biggest = groups.iter().map(|g| g.memory_mib).max().unwrap_or(1024);
-    let by_memory = crate::tmp::memory_available()
+    let by_memory = crate::base::tmp::memory_available()
         .map(|m| (m >> 20) / (biggest + 512))
         .unwrap_or(1) as usize;
     let jobs = opts
@@ -210,7 +207,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
         work: work.path(),
         cpus,
         image_info: info,
-        repo_url: server.as_ref().map(|s| s.guest_url()),
+        repo_url: server.as_ref().map(|s| s.url(vm::GUEST_HOST_ADDR)),
         report: Mutex::new(Report::new(opts.image.clone(), accel, jobs, junit)),
         on_result,
     };
@@ -231,7 +228,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
         .map_err(|_| anyhow::anyhow!("a test runner panicked"))?;
     report.seconds = started.elapsed().as_secs_f64();
     report.write_junit()?;
-    crate::interrupt::check()?;
+    crate::base::interrupt::check()?;
     Ok(report)
 }
 
@@ -257,113 +254,6 @@ fn record_boot(ctx: &Ctx, firmware: Firmware, kind: &'static str, took: Duration
             kind,
             seconds: took.as_secs_f64(),
         });
-    }
-}
-
-/// A running VM and how to reach it.
-struct Guest {
-    vm: Vm,
-    ssh: Ssh,
-    console: PathBuf,
-    accel: Accel,
-    hostname: String,
-    disk_size: u64,
-    /// Console warnings seen so far (host starvation under TCG), and how many were reported.
-    warnings: Vec<String>,
-    reported: usize,
-}
-
-impl Guest {
-    /// Fail on a dead QEMU or a fatal console line; note the console's warnings.
-    fn check(&mut self) -> Result<()> {
-        self.vm.check_running()?;
-        let v = console::scan(&self.console, self.accel);
-        for w in v.warnings {
-            if !self.warnings.contains(&w.line) {
-                tracing::warn!("{}: console warning: {}", self.hostname, w.line);
-                self.warnings.push(w.line);
-            }
-        }
-        if let Some(f) = v.fatal {
-            bail!("the console shows {:?}: {}", f.pattern, f.line);
-        }
-        Ok(())
-    }
-
-    /// The console warnings not yet given to a result.
-    fn new_warnings(&mut self) -> Vec<String> {
-        let new = self.warnings[self.reported..].to_vec();
-        self.reported = self.warnings.len();
-        new
-    }
-
-    /// Wait for SSH, then for systemd to settle; `running` is good, anything else is an error
-    /// naming the failed units.
-    fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
-        let ssh = self.ssh.clone();
-        ssh.wait(deadline, &mut || self.check())?;
-        let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
-        let state = match ssh.status("systemctl is-system-running --wait", left) {
-            Ok((_, out)) => out.stdout.trim().to_string(),
-            Err(e) if e.downcast_ref::<TimedOut>().is_some() => {
-                let jobs = ssh
-                    .run("systemctl list-jobs --no-legend", Duration::from_secs(30))
-                    .map(|o| o.stdout)
-                    .unwrap_or_default();
-                bail!("systemd did not settle in time; jobs still queued:\n{jobs}");
-            }
-            Err(e) => return Err(e),
-        };
-        self.check()?;
-        match state.as_str() {
-            "running" => Ok(()),
-            "degraded" => {
-                let failed = ssh
-                    .run(
-                        "systemctl --failed --no-legend --plain | cut -d' ' -f1",
-                        Duration::from_secs(30),
-                    )
-                    .map(|o| o.stdout.split_whitespace().collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default();
-                bail!("the system is degraded; failed units: {failed}")
-            }
-            other => bail!("the system is {other:?}, not running"),
-        }
-    }
-
-    fn boot_id(&self) -> Result<String> {
-        Ok(self
-            .ssh
-            .run(
-                "cat /proc/sys/kernel/random/boot_id",
-                Duration::from_secs(30),
-            )?
-            .stdout
-            .trim()
-            .to_string())
-    }
-
-    /// Reboot and wait until the new boot is ready. The guest's reboot ends QEMU (`-no-reboot`)
-    /// and QEMU starts again on the same disk: a power cycle, as a cloud's reboot API does.
-    fn reboot(&mut self, deadline: Instant) -> Result<()> {
-        let before = self.boot_id()?;
-        // The connection may drop before systemctl answers.
-        let _ = self.ssh.status("systemctl reboot", Duration::from_secs(30));
-        self.vm.wait_powered_off(deadline)?;
-        self.vm.power_on()?;
-        loop {
-            crate::interrupt::check()?;
-            self.check()?;
-            if Instant::now() > deadline {
-                bail!("the VM did not come back from its reboot in time");
-            }
-            std::thread::sleep(Duration::from_secs(3));
-            match self.boot_id() {
-                Ok(id) if id != before && !id.is_empty() => break,
-                _ => continue,
-            }
-        }
-        self.wait_ready(deadline)
     }
 }
 
@@ -397,10 +287,10 @@ fn run_group(ctx: &Ctx, group: Group) {
     };
     for case in &group.cases {
         let t = Instant::now();
-        let (status, message, output) = if crate::interrupt::requested() {
+        let (status, message, output) = if crate::base::interrupt::requested() {
             (Status::Fail, "interrupted".to_string(), String::new())
         } else {
-            match run_case(ctx, &mut guest, case) {
+            match run_case(ctx, &mut guest, &group, case) {
                 Ok(r) => r,
                 Err(e) => (Status::Fail, format!("{e:#}"), String::new()),
             }
@@ -417,7 +307,7 @@ fn run_group(ctx: &Ctx, group: Group) {
 }
 
 fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Guest> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs_err::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let seed_img = dir.join("seed.img");
     seed::write(
         &seed::Provision {
@@ -438,37 +328,29 @@ fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Gu
         disk_size: Some(group.disk_size),
         seed: Some(seed_img),
         accel: ctx.accel,
-        console: Console::File(console.clone()),
+        console: Console::File(console),
         write_image: false,
+        forwards: Vec::new(),
     };
-    let vm = Vm::start(&spec, dir)?;
-    let mut guest = Guest {
-        ssh: Ssh {
-            port: vm.ssh_port,
-            key: ctx.key.private.clone(),
-            user: "root".into(),
-        },
-        vm,
-        console,
-        accel: ctx.accel,
-        hostname: hostname.to_string(),
-        disk_size: group.disk_size,
-        warnings: Vec::new(),
-        reported: 0,
-    };
+    let mut guest = Guest::start(&spec, dir, &ctx.key, hostname)?;
     guest.wait_ready(Instant::now() + ctx.opts.boot_timeout)?;
     Ok(guest)
 }
 
 /// Quote for the guest's shell.
 fn q(s: &str) -> String {
-    crate::cmd::shell_quote(s)
+    crate::base::cmd::shell_quote(s)
 }
 
 /// Run one test, following its reboots; (status, message, output).
-fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, String)> {
+fn run_case(
+    ctx: &Ctx,
+    g: &mut Guest,
+    group: &Group,
+    case: &Case,
+) -> Result<(Status, String, String)> {
     let deadline = Instant::now() + case.def.timeout;
-    let body = std::fs::read(&case.def.path)
+    let body = fs_err::read(&case.def.path)
         .with_context(|| format!("reading {}", case.def.path.display()))?;
     let file = format!("{GUEST_DIR}/{}", case.def.name.replace('/', "--"));
     let short = Duration::from_secs(60);
@@ -488,9 +370,9 @@ fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, St
         ("CAIRN_TEST_NAME", case.def.name.clone()),
         ("CAIRN_REBOOT", helper),
         ("CAIRN_VM_FIRMWARE", case.firmware.as_str().to_string()),
-        ("CAIRN_VM_HOSTNAME", g.hostname.clone()),
+        ("CAIRN_VM_HOSTNAME", g.name.clone()),
         ("CAIRN_VM_SSH_KEY", ctx.key.public.clone()),
-        ("CAIRN_VM_DISK_SIZE", g.disk_size.to_string()),
+        ("CAIRN_VM_DISK_SIZE", group.disk_size.to_string()),
     ];
     if let Some(url) = &ctx.repo_url {
         env.push(("CAIRN_REPO_URL", url.clone()));
@@ -556,7 +438,7 @@ fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, St
             continue;
         }
         g.check()?;
-        let tail = tail_lines(&output, 1);
+        let tail = crate::base::text::tail(&output, 1, " / ");
         return Ok(match code {
             Some(0) => (Status::Pass, String::new(), output),
             Some(77) => (Status::Skip, tail, output),
@@ -576,11 +458,6 @@ fn run_case(ctx: &Ctx, g: &mut Guest, case: &Case) -> Result<(Status, String, St
     ))
 }
 
-fn tail_lines(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" / ")
-}
-
 /// Keep the console log, QEMU's log, the test's output and the guest's journal of a failed test.
 fn save_artifacts(
     ctx: &Ctx,
@@ -592,16 +469,16 @@ fn save_artifacts(
     let dir = report::artifact_dir(&ctx.opts.out, id);
     let res = (|| -> Result<()> {
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            fs_err::remove_dir_all(&dir)?;
         }
-        std::fs::create_dir_all(&dir)?;
+        fs_err::create_dir_all(&dir)?;
         for f in ["console.log", "qemu.log"] {
             let src = vm_dir.join(f);
             if src.exists() {
-                std::fs::copy(&src, dir.join(f))?;
+                fs_err::copy(&src, dir.join(f))?;
             }
         }
-        std::fs::write(dir.join("output.txt"), output)?;
+        fs_err::write(dir.join("output.txt"), output)?;
         if let Some(g) = guest {
             let journal = match g.ssh.run(
                 "journalctl --no-pager -o short-monotonic",
@@ -610,7 +487,7 @@ fn save_artifacts(
                 Ok(o) => o.stdout,
                 Err(e) => format!("could not read the journal: {e:#}\n"),
             };
-            std::fs::write(dir.join("journal.txt"), journal)?;
+            fs_err::write(dir.join("journal.txt"), journal)?;
         }
         Ok(())
     })();
@@ -671,7 +548,7 @@ mod tests {
 
     #[test]
     fn reboot_helper_is_valid_shell() {
-        let out = crate::cmd::Cmd::new("sh")
+        let out = crate::base::cmd::Cmd::new("sh")
             .args(["-n", "-c", REBOOT_HELPER])
             .run();
         assert!(out.is_ok(), "{out:?}");

@@ -180,7 +180,7 @@ impl Report {
         let xml = report
             .to_string()
             .context("could not render the JUnit report")?;
-        crate::tmp::write_atomic(&self.junit, xml.as_bytes())
+        crate::base::tmp::write_atomic(&self.junit, xml.as_bytes())
     }
 }
 
@@ -226,7 +226,7 @@ mod tests {
             });
         }
         r.write_junit().unwrap();
-        let xml = std::fs::read_to_string(d.path().join("junit.xml")).unwrap();
+        let xml = fs_err::read_to_string(d.path().join("junit.xml")).unwrap();
         assert!(xml.contains("tests=\"3\""), "{xml}");
         assert!(xml.contains("failures=\"1\""), "{xml}");
         assert!(

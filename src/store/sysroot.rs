@@ -1,5 +1,6 @@
-//! Deploy a commit into a fresh sysroot directory through libostree, as `ostree admin init-fs`,
-//! `os-init`, `pull-local` and `deploy` would, without mounting anything.
+//! Sysroot deployments through libostree. Today: deploy a commit into a fresh sysroot directory
+//! (an image's root filesystem), as `ostree admin init-fs`, `os-init`, `pull-local` and `deploy`
+//! would, without mounting anything. The node's own upgrades and rollbacks belong here too.
 
 use std::path::Path;
 
@@ -26,9 +27,9 @@ pub struct DeployOpts<'a> {
 /// Lines other than entries (the 1 s menu timeout) are kept across deploys.
 fn syslinux_stub(sysroot: &Path) -> Result<()> {
     let boot = sysroot.join("boot");
-    std::fs::create_dir_all(boot.join("loader.0"))?;
-    std::fs::create_dir_all(boot.join("syslinux"))?;
-    std::fs::write(boot.join("loader.0/syslinux.cfg"), "TIMEOUT 10\n")?;
+    fs_err::create_dir_all(boot.join("loader.0"))?;
+    fs_err::create_dir_all(boot.join("syslinux"))?;
+    fs_err::write(boot.join("loader.0/syslinux.cfg"), "TIMEOUT 10\n")?;
     std::os::unix::fs::symlink("loader.0", boot.join("loader"))?;
     std::os::unix::fs::symlink("../loader/syslinux.cfg", boot.join("syslinux/syslinux.cfg"))?;
     Ok(())

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::apt::Package;
+use crate::base::Package;
 
 /// A package that changed version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::cmd::Cmd;
-use crate::manifest::{Format, Qcow2Compression};
+use crate::base::cmd::Cmd;
+use crate::base::digest::sha256_sparse;
+use crate::image::manifest::{Format, Qcow2Compression};
 
 /// One finished artifact.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -59,7 +60,7 @@ impl Pending {
     }
 
     fn done(mut self) -> Result<PathBuf> {
-        std::fs::rename(&self.tmp, &self.dest)
+        fs_err::rename(&self.tmp, &self.dest)
             .with_context(|| format!("moving {} into place", self.dest.display()))?;
         self.done = true;
         Ok(self.dest.clone())
@@ -69,7 +70,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = fs_err::remove_file(&self.tmp);
         }
     }
 }
@@ -130,7 +131,7 @@ pub fn convert(
         }
     }
     let sha256 = sha256_sparse(&p.tmp)?;
-    let size = std::fs::metadata(&p.tmp)?.len();
+    let size = fs_err::metadata(&p.tmp)?.len();
     let path = p.done()?;
     let (platform, fmt, _) = platform_of(format);
     Ok(Artifact {
@@ -142,55 +143,9 @@ pub fn convert(
     })
 }
 
-/// The SHA-256 of a file, reading only its data: holes are hashed as the zeros they are without
-/// being read (reading the holes of a 4 GiB raw disk costs seconds of zeroed page cache).
-pub fn sha256_sparse(path: &Path) -> Result<String> {
-    use nix::unistd::{lseek, Whence};
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::fd::AsRawFd;
-
-    const CHUNK: usize = 1 << 20;
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = f.metadata()?.len();
-    let mut h = Sha256::new();
-    let zeros = vec![0u8; CHUNK];
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    while pos < len {
-        let data = match lseek(f.as_raw_fd(), pos as i64, Whence::SeekData) {
-            Ok(d) => (d as u64).min(len),
-            Err(nix::errno::Errno::ENXIO) => len, // only a hole is left
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let mut hole = data - pos;
-        while hole > 0 {
-            let n = (hole as usize).min(CHUNK);
-            h.update(&zeros[..n]);
-            hole -= n as u64;
-        }
-        if data == len {
-            break;
-        }
-        let end = lseek(f.as_raw_fd(), data as i64, Whence::SeekHole)
-            .with_context(|| format!("reading {}", path.display()))? as u64;
-        f.seek(SeekFrom::Start(data))?;
-        let mut left = end.min(len) - data;
-        while left > 0 {
-            let n = (left as usize).min(CHUNK);
-            f.read_exact(&mut buf[..n])
-                .with_context(|| format!("reading {}", path.display()))?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        pos = end.min(len);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// `dest` as a hard link to `src`, or a sparse copy where a link cannot be made.
 fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
-    if std::fs::hard_link(src, dest).is_ok() {
+    if fs_err::hard_link(src, dest).is_ok() {
         return Ok(());
     }
     Cmd::new("cp")
@@ -237,7 +192,7 @@ pub fn stream_metadata(r: &Release, arch: &str) -> serde_json::Value {
             )
         })
         .collect();
-    let updated = crate::sbom::rfc3339(r.timestamp);
+    let updated = crate::base::time::rfc3339(r.timestamp);
     serde_json::json!({
         "stream": r.stream,
         "metadata": { "last-modified": updated },
@@ -254,7 +209,7 @@ pub fn stream_metadata(r: &Release, arch: &str) -> serde_json::Value {
 
 /// Write JSON atomically.
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    crate::tmp::write_atomic(path, &serde_json::to_vec_pretty(v)?)
+    crate::base::tmp::write_atomic(path, &serde_json::to_vec_pretty(v)?)
 }
 
 #[cfg(test)]
@@ -265,7 +220,7 @@ mod tests {
         let raw = dir.join("disk.raw");
         let f = std::fs::File::create(&raw).unwrap();
         f.set_len(8 << 20).unwrap();
-        std::fs::write(dir.join("marker"), b"x").unwrap();
+        fs_err::write(dir.join("marker"), b"x").unwrap();
         raw
     }
 
@@ -274,7 +229,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let raw = small_raw(d.path());
         let out = d.path().join("out");
-        std::fs::create_dir(&out).unwrap();
+        fs_err::create_dir(&out).unwrap();
         let mut arts = Vec::new();
         for f in [
             Format::Raw,
@@ -291,7 +246,7 @@ mod tests {
                 Qcow2Compression::Zstd,
             )
             .unwrap();
-            assert_eq!(a.sha256, crate::apt::sha256_file(&a.path).unwrap());
+            assert_eq!(a.sha256, crate::base::digest::sha256_file(&a.path).unwrap());
             assert!(a.size > 0);
             arts.push(a);
         }
@@ -305,7 +260,7 @@ mod tests {
         let vhd = arts.iter().find(|a| a.format == "vhd").unwrap();
         assert_eq!(vhd.size, (8 << 20) + 512);
         // No partial files are left behind.
-        let names: Vec<String> = std::fs::read_dir(&out)
+        let names: Vec<String> = fs_err::read_dir(&out)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -349,9 +304,9 @@ mod tests {
         }
         f.set_len((9 << 20) + 4097).unwrap(); // a hole at the end too
         drop(f);
-        let whole = crate::apt::sha256_file(&p).unwrap();
+        let whole = crate::base::digest::sha256_file(&p).unwrap();
         assert_eq!(sha256_sparse(&p).unwrap(), whole);
-        std::fs::write(&p, b"").unwrap();
+        fs_err::write(&p, b"").unwrap();
         assert_eq!(
             sha256_sparse(&p).unwrap(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -370,6 +325,6 @@ mod tests {
         )
         .is_err());
         assert!(!dest.exists());
-        assert!(std::fs::read_dir(d.path()).unwrap().next().is_none());
+        assert!(fs_err::read_dir(d.path()).unwrap().next().is_none());
     }
 }

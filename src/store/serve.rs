@@ -1,14 +1,11 @@
 //! An OSTree repository served read-only over HTTP on the loopback interface, so that a guest
-//! pulls from it the way a node pulls from its update server (QEMU's user network shows the
-//! host's loopback to the guest as 10.0.2.2).
+//! pulls from it the way a node pulls from its update server. Only files inside the repository
+//! are served; a path or symlink that leads out of it is not found.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-
-/// The address of the host's loopback as QEMU's user network shows it to a guest.
-pub const GUEST_HOST_ADDR: &str = "10.0.2.2";
 
 /// A running server; dropping it stops it.
 pub struct RepoServer {
@@ -42,10 +39,7 @@ impl RepoServer {
                 let _ = req.respond(resp);
             }
         });
-        tracing::info!(
-            "serving {} to guests at http://{GUEST_HOST_ADDR}:{port}",
-            root.display()
-        );
+        tracing::info!("serving {} on 127.0.0.1:{port}", root.display());
         Ok(RepoServer {
             server,
             thread: Some(thread),
@@ -53,9 +47,10 @@ impl RepoServer {
         })
     }
 
-    /// The URL a guest uses.
-    pub fn guest_url(&self) -> String {
-        format!("http://{GUEST_HOST_ADDR}:{}", self.port)
+    /// The repository's URL as seen from `host` (the address that reaches this machine's
+    /// loopback: 127.0.0.1 here, QEMU's gateway in a guest).
+    pub fn url(&self, host: &str) -> String {
+        format!("http://{host}:{}", self.port)
     }
 }
 
@@ -99,10 +94,10 @@ mod tests {
     fn serves_files_and_refuses_escapes() {
         let d = tempfile::tempdir().unwrap();
         let repo = d.path().join("repo");
-        std::fs::create_dir_all(repo.join("refs/heads")).unwrap();
-        std::fs::write(repo.join("config"), "[core]\nmode=archive-z2\n").unwrap();
-        std::fs::write(repo.join("refs/heads/main"), "abc\n").unwrap();
-        std::fs::write(d.path().join("secret"), "no").unwrap();
+        fs_err::create_dir_all(repo.join("refs/heads")).unwrap();
+        fs_err::write(repo.join("config"), "[core]\nmode=archive-z2\n").unwrap();
+        fs_err::write(repo.join("refs/heads/main"), "abc\n").unwrap();
+        fs_err::write(d.path().join("secret"), "no").unwrap();
         std::os::unix::fs::symlink("../secret", repo.join("link")).unwrap();
         let s = RepoServer::start(&repo).unwrap();
         let get = |p: &str| -> (u16, String) {

@@ -10,38 +10,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cmd::Cmd;
-
-/// A resolved binary package.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    /// SHA-256 of the `.deb`, once downloaded.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sha256: String,
-}
-
-impl Package {
-    /// `name=version`, as apt takes it.
-    pub fn pin(&self) -> String {
-        format!("{}={}", self.name, self.version)
-    }
-
-    /// The file name apt gives the package in its archive cache.
-    pub fn deb_file_name(&self) -> String {
-        format!(
-            "{}_{}_{}.deb",
-            self.name,
-            self.version.replace(':', "%3a"),
-            self.arch
-        )
-    }
-}
+use crate::base::cmd::Cmd;
+use crate::base::digest::sha256_file;
+pub use crate::base::Package;
 
 /// Why resolving failed, where the caller can point at the treefile.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +39,12 @@ pub fn host_sources() -> Result<Vec<SourceFile>> {
     if main.is_file() {
         out.push(SourceFile {
             name: "host.list".into(),
-            content: std::fs::read_to_string(main).context("reading /etc/apt/sources.list")?,
+            content: fs_err::read_to_string(main).context("reading /etc/apt/sources.list")?,
         });
     }
     let dir = Path::new("/etc/apt/sources.list.d");
     if dir.is_dir() {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
+        let mut names: Vec<PathBuf> = fs_err::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
             .collect();
@@ -82,7 +55,7 @@ pub fn host_sources() -> Result<Vec<SourceFile>> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             out.push(SourceFile {
-                content: std::fs::read_to_string(&p)
+                content: fs_err::read_to_string(&p)
                     .with_context(|| format!("reading {}", p.display()))?,
                 name,
             });
@@ -234,7 +207,7 @@ pub fn index_state(suites: &[Suite]) -> Result<IndexState> {
 fn fetch(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>> {
     if let Some(path) = url.strip_prefix("file:") {
         let path = path.trim_start_matches("//");
-        return std::fs::read(path).with_context(|| format!("reading {path}"));
+        return fs_err::read(path).with_context(|| format!("reading {path}"));
     }
     let resp = agent.get(url).call().map_err(|e| anyhow!("{e}"))?;
     let mut body = Vec::new();
@@ -276,7 +249,7 @@ impl AptEnv {
         }
         h.update(arch.as_bytes());
         let key = &hex::encode(h.finalize())[..16];
-        std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+        fs_err::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
         // Absolute paths: apt's config and mmdebstrap's hooks run from other directories.
         let cache = cache
             .canonicalize()
@@ -291,13 +264,13 @@ impl AptEnv {
             dir.join("log"),
             debs.join("partial"),
         ] {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            fs_err::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         let sl = dir.join("etc/apt/sources.list.d");
         for s in &sources {
-            std::fs::write(sl.join(&s.name), &s.content)?;
+            fs_err::write(sl.join(&s.name), &s.content)?;
         }
-        std::fs::write(dir.join("status"), b"")?;
+        fs_err::write(dir.join("status"), b"")?;
         let env = Self {
             dir,
             debs,
@@ -332,7 +305,7 @@ impl AptEnv {
             arch = self.arch,
             rec = recommends,
         );
-        std::fs::write(self.config_path(), conf)?;
+        fs_err::write(self.config_path(), conf)?;
         Ok(())
     }
 
@@ -354,7 +327,7 @@ impl AptEnv {
         let path = self.dir.join("etc/apt/preferences.d/cairn-lockfile.pref");
         match pins {
             None => {
-                let _ = std::fs::remove_file(&path);
+                let _ = fs_err::remove_file(&path);
             }
             Some(pkgs) => {
                 let body: String = pkgs
@@ -366,7 +339,7 @@ impl AptEnv {
                         )
                     })
                     .collect();
-                std::fs::write(&path, body)?;
+                fs_err::write(&path, body)?;
             }
         }
         Ok(())
@@ -387,7 +360,7 @@ impl AptEnv {
     /// `apt-get update`, unless the lists were last updated for exactly `index`.
     pub fn update(&self, index: &IndexState) -> Result<()> {
         let stamp = self.dir.join("index-digest");
-        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(index.digest.as_str()) {
+        if fs_err::read_to_string(&stamp).ok().as_deref() == Some(index.digest.as_str()) {
             tracing::debug!("apt lists are current");
             return Ok(());
         }
@@ -395,7 +368,7 @@ impl AptEnv {
             .args(["update", "-q"])
             .run()
             .context("apt-get update (package indexes)")?;
-        std::fs::write(&stamp, &index.digest)?;
+        fs_err::write(&stamp, &index.digest)?;
         Ok(())
     }
 
@@ -515,14 +488,6 @@ pub fn parse_simulation(out: &str) -> Vec<Package> {
         .collect();
     pkgs.sort();
     pkgs
-}
-
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

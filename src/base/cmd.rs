@@ -226,9 +226,9 @@ impl Cmd {
             {
                 break st;
             }
-            let why: Option<anyhow::Error> = if crate::interrupt::requested() {
+            let why: Option<anyhow::Error> = if crate::base::interrupt::requested() {
                 Some(
-                    anyhow::Error::new(crate::interrupt::Interrupted)
+                    anyhow::Error::new(crate::base::interrupt::Interrupted)
                         .context(format!("stopped `{}`", self.short_display())),
                 )
             } else {
@@ -340,9 +340,7 @@ fn stop(child: &mut std::process::Child) {
 
 /// The error text for a failed command: what ran, how it ended, and the tail of its stderr.
 pub fn failure_message(display: &str, status: std::process::ExitStatus, stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().collect();
-    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    let tail = lines[start..].join("\n");
+    let tail = crate::base::text::tail(stderr, STDERR_TAIL_LINES, "\n");
     let how = match status.code() {
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::apt::Package;
+use crate::base::Package;
 
 /// A lockfile as stored (TOML).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,7 +21,7 @@ pub struct Lockfile {
 impl Lockfile {
     /// Read and check a lockfile.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = fs_err::read_to_string(path)
             .with_context(|| format!("reading lockfile {}", path.display()))?;
         let lf: Lockfile = toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
@@ -54,7 +54,7 @@ impl Lockfile {
              # Written by `cairn compose --write-lockfile`; use it with `--lockfile`.\n",
         );
         text.push_str(&toml::to_string(self)?);
-        crate::tmp::write_atomic(path, text.as_bytes())
+        crate::base::tmp::write_atomic(path, text.as_bytes())
             .with_context(|| format!("writing lockfile {}", path.display()))
     }
 
@@ -139,12 +139,12 @@ mod tests {
     fn bad_lockfiles() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.lock.toml");
-        std::fs::write(&p, "source-date-epoch = 1\n[[package]]\nname = \"a\"\nversion = \"1\"\narch = \"amd64\"\nsha256 = \"zz\"\n").unwrap();
+        fs_err::write(&p, "source-date-epoch = 1\n[[package]]\nname = \"a\"\nversion = \"1\"\narch = \"amd64\"\nsha256 = \"zz\"\n").unwrap();
         assert!(Lockfile::load(&p)
             .unwrap_err()
             .to_string()
             .contains("not a SHA-256"));
-        std::fs::write(&p, "source-date-epoch = 1\nextra = 2\n").unwrap();
+        fs_err::write(&p, "source-date-epoch = 1\nextra = 2\n").unwrap();
         assert!(Lockfile::load(&p)
             .unwrap_err()
             .to_string()

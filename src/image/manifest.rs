@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::treefile::line_of;
+use crate::base::span::line_of;
+pub use crate::base::units::parse_size;
+pub use crate::base::Firmware;
 
 /// 1 MiB: partitions start and end on MiB boundaries.
 pub const MIB: u64 = 1 << 20;
@@ -39,41 +41,6 @@ struct RawPartition {
     #[serde(rename = "type")]
     kind: String,
     size: Option<String>,
-}
-
-/// Firmware an image boots with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Firmware {
-    Bios,
-    Uefi,
-}
-
-impl Firmware {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Firmware::Bios => "bios",
-            Firmware::Uefi => "uefi",
-        }
-    }
-
-    /// A `firmware` list (manifests, test headers), without repeats; `at` is `file:line`.
-    pub fn parse_list(list: &[String], at: &str) -> Result<Vec<Firmware>> {
-        let mut v = Vec::new();
-        for x in list {
-            let fw = match x.as_str() {
-                "bios" => Firmware::Bios,
-                "uefi" => Firmware::Uefi,
-                other => bail!("{at}: key `firmware`: {other:?} is not `bios` or `uefi`"),
-            };
-            if !v.contains(&fw) {
-                v.push(fw);
-            }
-        }
-        if v.is_empty() {
-            bail!("{at}: key `firmware` needs `bios`, `uefi` or both");
-        }
-        Ok(v)
-    }
 }
 
 /// Output formats.
@@ -174,22 +141,9 @@ impl Manifest {
     }
 }
 
-/// Parse a size: bytes, or a number with K, M, G or T (powers of 1024).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
-        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
-        'T' | 't' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.trim().parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// Load and validate the manifest at `path`.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let src = std::fs::read_to_string(path)
+    let src = fs_err::read_to_string(path)
         .with_context(|| format!("reading image manifest {}", path.display()))?;
     let raw: RawManifest = toml::from_str(&src).map_err(|e| {
         anyhow!(
@@ -480,18 +434,10 @@ mod tests {
     use super::*;
 
     fn write(dir: &Path, body: &str) -> PathBuf {
-        std::fs::write(dir.join("t.toml"), "").unwrap();
+        fs_err::write(dir.join("t.toml"), "").unwrap();
         let p = dir.join("m.toml");
-        std::fs::write(&p, body).unwrap();
+        fs_err::write(&p, body).unwrap();
         p
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4G"), Some(4 << 30));
-        assert_eq!(parse_size("384M"), Some(384 << 20));
-        assert_eq!(parse_size("1048576"), Some(1 << 20));
-        assert_eq!(parse_size("x"), None);
     }
 
     #[test]

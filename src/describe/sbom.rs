@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::apt::Package;
+use crate::base::time::rfc3339;
+use crate::base::Package;
 
 /// What an SBOM describes.
 pub struct Subject<'a> {
@@ -49,13 +50,6 @@ fn spdx_id(i: usize, name: &str) -> String {
         })
         .collect();
     format!("SPDXRef-Package-{i}-{clean}")
-}
-
-/// Seconds since the epoch as an RFC 3339 UTC timestamp.
-pub(crate) fn rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 fn uuid_for(id: &str) -> uuid::Uuid {

@@ -21,8 +21,7 @@ impl TempTree {
     /// Create a fresh directory `name` below `parent` (any leftover from an earlier, killed run
     /// is removed first).
     pub fn new_in(parent: &Path, name: &str) -> Result<Self> {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
+        fs_err::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         // Absolute, so that a command run with another working directory (mtools, debugfs in
         // the image steps) finds the tree's files under a relative --cache as well.
         let path = std::path::absolute(parent.join(name))
@@ -30,7 +29,7 @@ impl TempTree {
         if path.exists() {
             remove_tree(&path)?;
         }
-        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        fs_err::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path, keep: false })
     }
 
@@ -74,7 +73,7 @@ impl Drop for TempTree {
 
 /// Mount points at or below `root`, deepest first.
 pub fn mounts_below(root: &Path) -> Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let info = fs_err::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let mut found: Vec<PathBuf> = info
         .lines()
@@ -101,16 +100,16 @@ pub fn remove_tree(path: &Path) -> Result<()> {
         umount2(&m, MntFlags::MNT_DETACH)
             .with_context(|| format!("unmounting {} before removal", m.display()))?;
     }
-    match std::fs::remove_dir_all(path) {
+    match fs_err::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             // ostree marks deployment roots immutable: clear the flag, then remove.
-            crate::cmd::Cmd::new("chattr")
+            crate::base::cmd::Cmd::new("chattr")
                 .args(["-R", "-f", "-i"])
                 .arg(path)
                 .run_status()?;
-            std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+            fs_err::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
@@ -128,7 +127,7 @@ impl ChrootMounts {
             mounted: Vec::new(),
         };
         let proc_ = root.join("proc");
-        std::fs::create_dir_all(&proc_)?;
+        fs_err::create_dir_all(&proc_)?;
         mount(
             Some("proc"),
             &proc_,
@@ -140,7 +139,7 @@ impl ChrootMounts {
         guard.mounted.push(proc_);
         for d in ["sys", "dev"] {
             let target = root.join(d);
-            std::fs::create_dir_all(&target)?;
+            fs_err::create_dir_all(&target)?;
             mount(
                 Some(Path::new("/").join(d).as_path()),
                 &target,
@@ -182,7 +181,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Bytes of memory available now (`MemAvailable`), if known.
 pub fn memory_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let info = fs_err::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
@@ -197,7 +196,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let p = {
             let t = TempTree::new_in(parent.path(), "work").unwrap();
-            std::fs::write(t.path().join("f"), b"x").unwrap();
+            fs_err::write(t.path().join("f"), b"x").unwrap();
             t.path().to_path_buf()
         };
         assert!(!p.exists());
@@ -219,8 +218,8 @@ mod tests {
     #[test]
     fn leftover_is_replaced() {
         let parent = tempfile::tempdir().unwrap();
-        std::fs::create_dir(parent.path().join("work")).unwrap();
-        std::fs::write(parent.path().join("work/old"), b"x").unwrap();
+        fs_err::create_dir(parent.path().join("work")).unwrap();
+        fs_err::write(parent.path().join("work/old"), b"x").unwrap();
         let t = TempTree::new_in(parent.path(), "work").unwrap();
         assert!(!t.path().join("old").exists());
     }
@@ -231,7 +230,7 @@ mod tests {
         let p = {
             let t = TempTree::new_tmpfs_in(parent.path(), "work", 16 << 20).unwrap();
             assert_eq!(mounts_below(t.path()).unwrap().len(), 1);
-            std::fs::write(t.path().join("f"), b"x").unwrap();
+            fs_err::write(t.path().join("f"), b"x").unwrap();
             t.path().to_path_buf()
         };
         assert!(!p.exists());

@@ -1,0 +1,47 @@
+//! What a commit holds, for people and scanners: SBOMs ([`sbom`]) and package diffs ([`diff`]),
+//! read from the commit's typed metadata.
+
+pub mod diff;
+pub mod sbom;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::store;
+
+/// The SBOM of `rev` in `format`: the SPDX document stored with the commit when there is one
+/// (it is what was true when the commit was made), else one rendered from its package list.
+pub fn sbom_of(repo: &Path, rev: &str, format: sbom::Format) -> Result<Value> {
+    let r = store::open(repo)?;
+    let c = store::load_commit(&r, &store::resolve(&r, rev)?)?;
+    if let (sbom::Format::Spdx, Some(stored)) = (format, &c.meta.sbom_spdx) {
+        return serde_json::from_str(stored)
+            .with_context(|| format!("the SBOM stored with commit {} is not JSON", c.checksum));
+    }
+    let version = c.meta.version.clone().unwrap_or_default();
+    let id = c
+        .meta
+        .inputhash
+        .clone()
+        .unwrap_or_else(|| c.checksum.clone());
+    Ok(sbom::render(
+        format,
+        &sbom::Subject {
+            ref_: rev,
+            version: &version,
+            id: &id,
+            created: c.timestamp as i64,
+            packages: &c.meta.packages,
+        },
+    ))
+}
+
+/// The packages added, removed and changed from `from` to `to` (refs or commits).
+pub fn diff_of(repo: &Path, from: &str, to: &str) -> Result<diff::PackageDiff> {
+    let r = store::open(repo)?;
+    let a = store::load_commit(&r, &store::resolve(&r, from)?)?;
+    let b = store::load_commit(&r, &store::resolve(&r, to)?)?;
+    Ok(diff::diff(&a.meta.packages, &b.meta.packages))
+}
