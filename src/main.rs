@@ -16,6 +16,8 @@ fn main() -> ExitCode {
     }
     match cli::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // `cairn … | head`: the reader has what it wanted.
+        Err(e) if cli::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if cli.verbose > 0 {
                 // The whole chain, with a backtrace when RUST_BACKTRACE=1.

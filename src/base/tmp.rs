@@ -165,18 +165,50 @@ impl Drop for ChrootMounts {
 }
 
 /// Write `data` to `path` through a temporary file in the same directory, renamed into place:
-/// readers see the old file or the new one, never a partial one.
+/// readers see the old file or the new one, never a partial one. The file is published: mode
+/// 0666 less the umask (0644 as a rule), like any file a tool writes for others to read.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, 0o666 & !umask())
+}
+
+/// [`write_atomic`] for a secret: mode 0600 whatever the umask.
+pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cairn-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
         .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut tmp, data)?;
+    std::io::Write::write_all(&mut tmp, data)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The umask applied at creation; the mode asked for is exact.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// This process's umask, read without changing it (`Umask:` in /proc/self/status); 022 if
+/// unknown.
+pub fn umask() -> u32 {
+    fs_err::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Bytes of memory available now (`MemAvailable`), if known.
@@ -235,6 +267,27 @@ mod tests {
         };
         assert!(!p.exists());
         assert!(mounts_below(parent.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn published_files_are_readable_and_secrets_are_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let public = d.path().join("stream.json");
+        write_atomic(&public, b"{}").unwrap();
+        assert_eq!(mode(&public), 0o666 & !umask());
+        assert_eq!(std::fs::read(&public).unwrap(), b"{}");
+        // Under the usual umask, that is what others can read.
+        if umask() == 0o022 {
+            assert_eq!(mode(&public), 0o644);
+        }
+        let secret = d.path().join("key");
+        write_atomic_private(&secret, b"s").unwrap();
+        assert_eq!(mode(&secret), 0o600);
+        // Replacing keeps the new mode, and leaves no temporary file behind.
+        write_atomic(&public, b"[]").unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
     }
 
     #[test]

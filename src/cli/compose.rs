@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::{print_json, Paths};
+use super::{print_json, say, Paths};
 use crate::base::progress::Progress;
 use crate::{compose as comp, describe, treefile};
 
@@ -82,10 +82,10 @@ pub fn compose(a: ComposeArgs) -> Result<()> {
     }
     for r in &results {
         let what = if r.skipped { "unchanged" } else { "composed" };
-        println!(
+        say(format_args!(
             "{} {} {} ({} packages) {what} in {:.1} s",
             r.ref_, r.version, r.commit, r.packages, r.seconds
-        );
+        ))?;
     }
     Ok(())
 }
@@ -95,7 +95,7 @@ pub fn diff(a: DiffArgs) -> Result<()> {
     if a.json {
         return print_json(&d);
     }
-    println!("{d}");
+    say(format_args!("{d}"))?;
     Ok(())
 }
 

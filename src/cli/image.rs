@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{print_json, Paths};
+use super::{print_json, say, Paths};
 use crate::base::progress::Progress;
 use crate::pipeline::{self, BuildOpts};
 
@@ -40,14 +40,17 @@ pub fn image(a: ImageArgs, compose: bool) -> Result<()> {
         return print_json(&r);
     }
     for art in &r.artifacts {
-        println!(
+        say(format_args!(
             "{} {} sha256:{} ({} bytes)",
             art.platform,
             art.path.display(),
             art.sha256,
             art.size
-        );
+        ))?;
     }
-    println!("stream metadata: {}", r.stream_metadata.display());
+    say(format_args!(
+        "stream metadata: {}",
+        r.stream_metadata.display()
+    ))?;
     Ok(())
 }

@@ -3,12 +3,13 @@
 //! sbom), [`image`] (image, build), [`vm`] (vm run, vm-test).
 
 pub mod compose;
+pub mod docs;
 pub mod image;
 pub mod vm;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 /// cairn: compose, image and boot-test OSTree hosts built from Debian packages.
@@ -45,6 +46,10 @@ pub enum Command {
     },
     /// Boot-test an image: run the tests under vm-tests/ inside VMs of it.
     VmTest(vm::VmTestArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(docs::CompletionsArgs),
+    /// Write man pages for cairn and every command.
+    Man(docs::ManArgs),
 }
 
 /// Where the repo and cache are.
@@ -68,13 +73,29 @@ pub fn run(command: Command) -> Result<()> {
         Command::Build(a) => image::image(a, true),
         Command::Vm { command } => vm::vm(command),
         Command::VmTest(a) => vm::vm_test(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     }
 }
 
 /// Print `v` as pretty JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    say(format_args!("{}", serde_json::to_string_pretty(v)?))
+}
+
+/// Print a line on stdout. A reader that went away (`cairn … | head`) gives an error the binary
+/// ends quietly on ([`is_closed_stdout`]), not a panic.
+pub(crate) fn say(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{args}").context("writing to stdout")
+}
+
+/// Is this error a closed stdout (a reader such as `head` that stopped reading)?
+pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 #[cfg(test)]
@@ -171,6 +192,14 @@ mod tests {
         assert!(parse(&["vm-test", "vm-tests/"]).is_err());
         assert!(parse(&["vm-test", "--image", "a", "--build", "m.toml", "t"]).is_err());
         assert!(parse(&["vm-test", "--image", "a"]).is_err());
+    }
+
+    #[test]
+    fn completions_for_each_shell() {
+        for shell in ["bash", "zsh", "fish"] {
+            assert!(parse(&["completions", shell]).is_ok(), "{shell}");
+        }
+        assert!(parse(&["completions", "tcsh"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
-use super::{print_json, Paths};
+use super::{print_json, say, Paths};
 use crate::base::progress::Progress;
 use crate::base::units::{parse_duration, parse_size};
 use crate::base::Firmware;
@@ -178,23 +178,23 @@ pub fn vm_test(a: VmTestArgs) -> Result<()> {
     let json = a.json;
     let report = vmtest::run(&opts, &|c| {
         if !json {
-            println!("{}", c.line());
+            let _ = say(format_args!("{}", c.line()));
         }
     })?;
     if json {
         print_json(&report)?;
     } else {
         for b in &report.boots {
-            println!(
+            say(format_args!(
                 "boot {} ({}, {}): ready in {:.1} s",
                 b.kind,
                 b.firmware,
                 b.accel.as_str(),
                 b.seconds
-            );
+            ))?;
         }
-        println!("{}", report.summary());
-        println!("JUnit report: {}", report.junit.display());
+        say(format_args!("{}", report.summary()))?;
+        say(format_args!("JUnit report: {}", report.junit.display()))?;
     }
     if report.failed > 0 {
         bail!("{} of {} tests failed", report.failed, report.cases.len());

@@ -159,19 +159,9 @@ pub fn load(path: &Path) -> Result<Manifest> {
     let name = raw
         .name
         .as_ref()
-        .map(|n| n.get_ref().clone())
         .ok_or_else(|| anyhow!("{file}: key `name` is missing"))?;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        let n = raw.name.as_ref().map(|n| n.span().start).unwrap_or(0);
-        bail!(
-            "{}: key `name`: {name:?} must be letters, digits, `-`, `_` and `.`",
-            at(n)
-        );
-    }
+    check_name(name, "name", 64, &at)?;
+    let name = name.get_ref().clone();
     let source = match (&raw.treefile, &raw.ref_) {
         (Some(t), None) => {
             let p = dir.join(t.get_ref());
@@ -184,18 +174,29 @@ pub fn load(path: &Path) -> Result<Manifest> {
             }
             Source::Treefile(p)
         }
-        (None, Some(r)) => Source::Ref(r.get_ref().clone()),
+        (None, Some(r)) => {
+            if !crate::store::valid_ref(r.get_ref()) {
+                bail!(
+                    "{}: key `ref`: {:?} is not an OSTree ref or commit",
+                    at(r.span().start),
+                    r.get_ref()
+                );
+            }
+            Source::Ref(r.get_ref().clone())
+        }
         (Some(t), Some(_)) => bail!(
             "{}: keys `treefile` and `ref`: give one, not both",
             at(t.span().start)
         ),
         (None, None) => bail!("{file}: key `treefile` (or `ref`) is missing"),
     };
-    let osname = raw
-        .osname
-        .as_ref()
-        .map(|o| o.get_ref().clone())
-        .unwrap_or_else(|| "cairn".into());
+    let osname = match &raw.osname {
+        Some(o) => {
+            check_name(o, "osname", 64, &at)?;
+            o.get_ref().clone()
+        }
+        None => "cairn".into(),
+    };
     let size = match &raw.size {
         Some(s) => parse_size(s.get_ref())
             .filter(|b| *b >= 64 * MIB)
@@ -263,6 +264,38 @@ pub fn load(path: &Path) -> Result<Manifest> {
         qcow2_compression,
         partitions,
     })
+}
+
+/// A name that becomes a file or directory name (the image's files, the OSTree os directory):
+/// letters, digits, `-`, `_` and `.`, not starting with `.`, at most `max` bytes.
+fn check_name(
+    v: &Spanned<String>,
+    key: &str,
+    max: usize,
+    at: &dyn Fn(usize) -> String,
+) -> Result<()> {
+    let n = v.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= max
+        && !n.starts_with('.')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        bail!(
+            "{}: key `{key}`: {n:?} must be 1 to {max} letters, digits, `-`, `_` and `.`, not \
+             starting with `.`",
+            at(v.span().start)
+        );
+    }
+    Ok(())
+}
+
+/// A GPT partition name cairn writes: 1 to 36 printable ASCII characters of a plain set.
+fn valid_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 36
+        && l.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " -_.".contains(c))
 }
 
 /// The value of a key that takes one of `choices`; the first when the key is absent.
@@ -340,6 +373,14 @@ fn layout(
                             })?,
                     ),
                 };
+                if !valid_label(&p.label) {
+                    bail!(
+                        "{}: key `partitions.label`: {:?} must be 1 to 36 letters, digits, \
+                         spaces, `-`, `_` and `.` (a GPT partition name)",
+                        at(off),
+                        p.label
+                    );
+                }
                 Ok((p.label, kind, size, off))
             })
             .collect::<Result<_>>()?,
@@ -476,6 +517,17 @@ mod tests {
             ("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"tiny\"\n", "m.toml:3: key `size`"),
             ("name = \"x\"\ntreefile = \"t.toml\"\nqcow2-compression = \"xz\"\n", "m.toml:3: key `qcow2-compression`: \"xz\" is not `zstd`, `zlib` or `none`"),
             ("name = \"x\"\ntreefile = \"t.toml\"\nprovisioning = \"ignition\"\n", "m.toml:3: key `provisioning`: \"ignition\" is not `nocloud` or `none`"),
+            ("name = \"x\"\nref = \"a/../b\"\n", "m.toml:2: key `ref`"),
+            ("name = \"../x\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
+            ("name = \"\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
+            ("name = \"a/b\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
+            ("name = \".hidden\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
+            (&*format!("name = \"{}\"\ntreefile = \"t.toml\"\n", "n".repeat(65)), "m.toml:1: key `name`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"..\"\n", "m.toml:3: key `osname`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"a/b\"\n", "m.toml:3: key `osname`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"tab\\there\"\n", "m.toml:3: key `osname`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"bad\\nlabel\"\ntype = \"root\"\n", "m.toml:3: key `partitions.label`"),
+            ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"a-partition-name-longer-than-36-chars\"\ntype = \"root\"\n", "m.toml:3: key `partitions.label`"),
         ];
         for (body, want) in cases {
             let e = format!("{:#}", load(&write(d.path(), body)).unwrap_err());

@@ -19,6 +19,21 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use ostree::gio;
 
+/// The longest ref cairn takes: it becomes one file name (under 255 bytes) in the cache.
+pub const MAX_REF: usize = 200;
+
+/// Is `r` an OSTree ref cairn can also use as a file name (with `/` replaced)?
+pub fn valid_ref(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= MAX_REF
+        && !r.starts_with('/')
+        && !r.ends_with('/')
+        && !r.contains("//")
+        && r.split('/').all(|seg| seg != "." && seg != "..")
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
 /// Open the repository at `path`, creating it in `archive` mode when it does not exist.
 pub fn open_or_create(path: &Path) -> Result<ostree::Repo> {
     let repo = ostree::Repo::new_for_path(path);

@@ -6,10 +6,9 @@ use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{basearch, normalize_tree_path, Item, Merged, Origin, Treefile};
+use crate::store::{valid_ref, MAX_REF};
 
-/// The longest ref cairn takes: it becomes one file name (under 255 bytes) in the cache.
-const MAX_REF: usize = 200;
+use super::{basearch, normalize_tree_path, Item, Merged, Origin, Treefile};
 
 /// Is `name` a valid Debian package name?
 pub fn valid_package_name(name: &str) -> bool {
@@ -21,18 +20,6 @@ pub fn valid_package_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-}
-
-/// Is `r` an OSTree ref cairn can also use as a file name (with `/` replaced)?
-pub fn valid_ref(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= MAX_REF
-        && !r.starts_with('/')
-        && !r.ends_with('/')
-        && !r.contains("//")
-        && r.split('/').all(|seg| seg != "." && seg != "..")
-        && r.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
 }
 
 /// A user or group name as `useradd` takes it (at most 32 characters, no slash, no dot-dot).
