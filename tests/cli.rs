@@ -243,3 +243,84 @@ fn vm_test_ctrl_c_stops_every_vm() {
     assert!(!status.success(), "an interrupted run must not pass");
     assert!(!qemu_running_under(d.path()), "a VM outlived the harness");
 }
+
+/// Both SBOM formats, with everything a real compose gives them (source packages, licenses with
+/// a LicenseRef, the distribution, the commit), pass their formats' own validators.
+#[test]
+fn sboms_pass_their_formats_validators() {
+    use cairn::base::{Distro, Package, PackageInfo};
+    use cairn::describe::sbom;
+    let d = tempfile::tempdir().unwrap();
+    let distro = Distro {
+        id: "debian".into(),
+        version_id: "12".into(),
+    };
+    let pkg = |n: &str, v: &str| Package {
+        name: n.into(),
+        version: v.into(),
+        arch: "amd64".into(),
+        sha256: "ab".repeat(32),
+    };
+    let packages = [
+        pkg("libc6", "2.36-9+deb12u4"),
+        pkg("libstdc++6", "1:12.2.0-14"),
+        pkg("tzdata", "2024a-0+deb12u1"),
+    ];
+    let info = |n: &str, s: &str, sv: &str, l: &str| PackageInfo {
+        name: n.into(),
+        source: s.into(),
+        source_version: sv.into(),
+        license: l.into(),
+    };
+    let infos = [
+        info(
+            "libc6",
+            "glibc",
+            "",
+            "(GPL-2.0-or-later OR BSD-3-Clause) AND LGPL-2.1-or-later",
+        ),
+        info("libstdc++6", "gcc-12", "12.2.0-14", ""),
+        info("tzdata", "", "", "LicenseRef-public-domain"),
+    ];
+    let subject = sbom::Subject {
+        ref_: "cairn/amd64/base",
+        version: "1.0",
+        id: "abc",
+        created: 1_700_000_000,
+        packages: &packages,
+        info: &infos,
+        distro: Some(&distro),
+        commit: Some(&"cd".repeat(32)),
+    };
+    let spdx = d.path().join("spdx.json");
+    let cdx = d.path().join("cdx.json");
+    std::fs::write(&spdx, sbom::spdx(&subject).to_string()).unwrap();
+    std::fs::write(&cdx, sbom::cyclonedx(&subject).to_string()).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("tests/validate_sboms.py")
+        .arg(&spdx)
+        .arg(&cdx)
+        .output()
+        .expect("python3 (.ci/deps installs spdx-tools and cyclonedx-python-lib)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a broken document is caught: the validators are really looking.
+    let mut bad = sbom::spdx(&subject);
+    bad["packages"][1]["licenseDeclared"] = "LicenseRef-undeclared".into();
+    std::fs::write(&spdx, bad.to_string()).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("tests/validate_sboms.py")
+        .arg(&spdx)
+        .arg(&cdx)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("LicenseRef-undeclared"),
+        "an undeclared LicenseRef must fail: {said}"
+    );
+}

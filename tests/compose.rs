@@ -432,11 +432,70 @@ fn compose_end_to_end() {
         .output()
         .unwrap();
     let sbom: Value = serde_json::from_slice(&sbom.stdout).unwrap();
-    assert!(sbom["components"]
+    let components = sbom["components"].as_array().unwrap();
+    assert!(components.iter().any(|c| c["name"] == "nginx-light"));
+    // What scanners match on: the release on every package, the source package where it
+    // differs, the operating system named, licenses from the packages' copyright files.
+    for c in components.iter().filter(|c| c["type"] == "library") {
+        let purl = c["purl"].as_str().unwrap();
+        assert!(purl.ends_with("&distro=debian-12"), "{purl}");
+    }
+    let purl_of = |n: &str| {
+        components
+            .iter()
+            .find(|c| c["name"] == n)
+            .map(|c| c["purl"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(
+        purl_of("libc6").contains("&upstream=glibc"),
+        "{}",
+        purl_of("libc6")
+    );
+    assert!(
+        !purl_of("bash").contains("upstream="),
+        "{}",
+        purl_of("bash")
+    );
+    assert_eq!(sbom["metadata"]["component"]["type"], "operating-system");
+    assert!(sbom["metadata"]["component"]["properties"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|c| c["name"] == "nginx-light"));
+        .any(|p| p["name"] == "cairn:commit" && p["value"] == app.as_str()));
+    let licensed = components
+        .iter()
+        .filter(|c| c.get("licenses").is_some())
+        .count();
+    assert!(
+        licensed * 2 > components.len(),
+        "most Debian packages have machine-readable copyright files: {licensed} of {}",
+        components.len()
+    );
+    let bash = components.iter().find(|c| c["name"] == "bash").unwrap();
+    assert_eq!(bash["licenses"][0]["expression"], "GPL-3.0-or-later");
+    // Both documents of a real commit pass their formats' validators.
+    let spdx_file = work.path().join("app.spdx.json");
+    let cdx_file = work.path().join("app.cdx.json");
+    std::fs::write(&cdx_file, sbom.to_string()).unwrap();
+    let spdx = a
+        .cmd(&["sbom", "cairn/amd64/app-example"])
+        .output()
+        .unwrap();
+    assert!(spdx.status.success());
+    std::fs::write(&spdx_file, &spdx.stdout).unwrap();
+    let v = StdCommand::new("python3")
+        .arg("tests/validate_sboms.py")
+        .arg(&spdx_file)
+        .arg(&cdx_file)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
     let page = a.ostree(&["cat", &app, "/usr/libexec/cairn/version-page"]);
     assert!(page.contains("OSTREE_VERSION"));
     let sshd = a.ostree(&[

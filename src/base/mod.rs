@@ -24,4 +24,4 @@ pub mod tmp;
 pub mod units;
 
 pub use firmware::Firmware;
-pub use package::Package;
+pub use package::{Distro, Package, PackageInfo};

@@ -11,6 +11,7 @@
 //! returns without running apt at all.
 
 pub mod apt;
+mod inventory;
 pub mod layout;
 pub mod lockfile;
 mod noop;
@@ -33,7 +34,7 @@ use apt::{AptEnv, Package, ResolveError};
 use lockfile::Lockfile;
 
 /// Bump when a change to cairn changes what the same inputs compose to.
-const COMPOSE_FORMAT: u32 = 4;
+const COMPOSE_FORMAT: u32 = 5;
 
 /// Options common to a compose run.
 #[derive(Debug, Clone)]
@@ -141,6 +142,9 @@ struct Ctx<'a> {
     kver: String,
     /// For a layer: when the parent's checkout was complete.
     checked_out_at: i128,
+    /// What the finished tree says of its packages and distribution (for the SBOM).
+    package_info: Vec<crate::base::PackageInfo>,
+    distro: Option<crate::base::Distro>,
 }
 
 fn compose_one(
@@ -177,6 +181,8 @@ fn compose_one(
         version: String::new(),
         kver: String::new(),
         checked_out_at: 0,
+        package_info: Vec::new(),
+        distro: None,
     };
     if let Some(done) = noop::check_indexes(&mut ctx)? {
         return Ok(done);
@@ -189,8 +195,14 @@ fn compose_one(
         return Ok(done);
     }
     // The flat list of steps; each skips itself when it has nothing to do.
-    let steps: [fn(&mut Ctx) -> Result<()>; 5] =
-        [download, install, configure, initramfs, finish_layout];
+    let steps: [fn(&mut Ctx) -> Result<()>; 6] = [
+        download,
+        install,
+        configure,
+        initramfs,
+        inventory,
+        finish_layout,
+    ];
     let result = (|| {
         for step in steps {
             crate::base::interrupt::check()?;
@@ -408,6 +420,15 @@ fn initramfs(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Step: each package's source and licenses, and the distribution, while the tree is still a
+/// Debian root (dpkg's database in /var, copyright files in place).
+fn inventory(ctx: &mut Ctx) -> Result<()> {
+    let root = layout::open_root(&root_path(ctx)?)?;
+    ctx.package_info = inventory::package_info(&root, &ctx.packages)?;
+    ctx.distro = inventory::distro(&root)?;
+    Ok(())
+}
+
 /// Step: the OSTree layout.
 fn finish_layout(ctx: &mut Ctx) -> Result<()> {
     let root = layout::open_root(&root_path(ctx)?)?;
@@ -423,6 +444,9 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         id: &ctx.inputhash,
         created: ctx.epoch,
         packages: &ctx.packages,
+        info: &ctx.package_info,
+        distro: ctx.distro.as_ref(),
+        commit: None,
     });
     let meta = CommitMeta {
         version: Some(ctx.version.clone()),
@@ -435,6 +459,8 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         sbom_spdx: Some(serde_json::to_string(&spdx)?),
         source_date_epoch: Some(ctx.epoch),
         layer_parent: ctx.parent_commit.clone(),
+        package_info: ctx.package_info.clone(),
+        distro: ctx.distro.clone(),
         extra: ctx.tf.add_commit_metadata(),
     };
     let r = store::open_or_create(&ctx.opts.repo)?;

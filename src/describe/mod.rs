@@ -2,24 +2,22 @@
 //! read from the commit's typed metadata.
 
 pub mod diff;
+pub mod license;
 pub mod sbom;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use crate::store;
 
-/// The SBOM of `rev` in `format`: the SPDX document stored with the commit when there is one
-/// (it is what was true when the commit was made), else one rendered from its package list.
+/// The SBOM of `rev` in `format`, rendered from the commit's metadata and naming the commit.
+/// (The SPDX document stored in the commit at compose time cannot name its own commit; it is
+/// otherwise the same.)
 pub fn sbom_of(repo: &Path, rev: &str, format: sbom::Format) -> Result<Value> {
     let r = store::open(repo)?;
     let c = store::load_commit(&r, &store::resolve(&r, rev)?)?;
-    if let (sbom::Format::Spdx, Some(stored)) = (format, &c.meta.sbom_spdx) {
-        return serde_json::from_str(stored)
-            .with_context(|| format!("the SBOM stored with commit {} is not JSON", c.checksum));
-    }
     let version = c.meta.version.clone().unwrap_or_default();
     let id = c
         .meta
@@ -34,6 +32,9 @@ pub fn sbom_of(repo: &Path, rev: &str, format: sbom::Format) -> Result<Value> {
             id: &id,
             created: c.timestamp as i64,
             packages: &c.meta.packages,
+            info: &c.meta.package_info,
+            distro: c.meta.distro.as_ref(),
+            commit: Some(&c.checksum),
         },
     ))
 }

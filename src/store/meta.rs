@@ -10,7 +10,7 @@ use ostree::glib;
 use ostree::glib::prelude::*;
 use serde::Serialize;
 
-use crate::base::Package;
+use crate::base::{Distro, Package, PackageInfo};
 
 /// The metadata keys cairn writes.
 pub mod keys {
@@ -24,6 +24,8 @@ pub mod keys {
     pub const SBOM: &str = "cairn.sbom.spdx";
     pub const SOURCE_DATE_EPOCH: &str = "cairn.source-date-epoch";
     pub const LAYER_PARENT: &str = "cairn.layer-parent";
+    pub const PACKAGE_INFO: &str = "cairn.package-info";
+    pub const DISTRO: &str = "cairn.distro";
 }
 
 /// A free-form metadata value (a treefile's `add-commit-metadata`).
@@ -74,6 +76,10 @@ pub struct CommitMeta {
     pub source_date_epoch: Option<i64>,
     /// For a layer: the parent layer's commit it starts from.
     pub layer_parent: Option<String>,
+    /// Each package's source package and licenses (for SBOMs).
+    pub package_info: Vec<PackageInfo>,
+    /// The distribution the tree is built from.
+    pub distro: Option<Distro>,
     /// Other keys (a treefile's `add-commit-metadata`); written after the ones above, so they
     /// may override them, as in rpm-ostree.
     pub extra: BTreeMap<String, MetaValue>,
@@ -111,6 +117,8 @@ const KNOWN: &[&str] = &[
     keys::SBOM,
     keys::SOURCE_DATE_EPOCH,
     keys::LAYER_PARENT,
+    keys::PACKAGE_INFO,
+    keys::DISTRO,
 ];
 
 impl CommitMeta {
@@ -118,6 +126,8 @@ impl CommitMeta {
     pub fn from_variant(commit: &str, meta: &glib::Variant) -> Result<Self> {
         let dict = glib::VariantDict::new(Some(meta));
         let packages: Vec<PackageTuple> = get(&dict, commit, keys::PACKAGES)?.unwrap_or_default();
+        let info: Vec<PackageTuple> = get(&dict, commit, keys::PACKAGE_INFO)?.unwrap_or_default();
+        let distro: Option<(String, String)> = get(&dict, commit, keys::DISTRO)?;
         let mut extra = BTreeMap::new();
         for entry in meta.iter() {
             let (Some(k), Some(v)) = (
@@ -153,6 +163,16 @@ impl CommitMeta {
             sbom_spdx: get(&dict, commit, keys::SBOM)?,
             source_date_epoch: get(&dict, commit, keys::SOURCE_DATE_EPOCH)?,
             layer_parent: get(&dict, commit, keys::LAYER_PARENT)?,
+            package_info: info
+                .into_iter()
+                .map(|(name, source, source_version, license)| PackageInfo {
+                    name,
+                    source,
+                    source_version,
+                    license,
+                })
+                .collect(),
+            distro: distro.map(|(id, version_id)| Distro { id, version_id }),
             extra,
         })
     }
@@ -198,6 +218,27 @@ impl CommitMeta {
                 .collect();
             put(keys::PACKAGES, v.to_variant());
         }
+        if !self.package_info.is_empty() {
+            let v: Vec<PackageTuple> = self
+                .package_info
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.source.clone(),
+                        p.source_version.clone(),
+                        p.license.clone(),
+                    )
+                })
+                .collect();
+            put(keys::PACKAGE_INFO, v.to_variant());
+        }
+        if let Some(d) = &self.distro {
+            put(
+                keys::DISTRO,
+                (d.id.clone(), d.version_id.clone()).to_variant(),
+            );
+        }
         for (k, v) in &self.extra {
             put(k, v.to_variant());
         }
@@ -226,6 +267,16 @@ mod tests {
             sbom_spdx: Some("{\"spdxVersion\":\"SPDX-2.3\"}".into()),
             source_date_epoch: Some(1_700_000_000),
             layer_parent: Some("01".repeat(32)),
+            package_info: vec![PackageInfo {
+                name: "libc6".into(),
+                source: "glibc".into(),
+                source_version: String::new(),
+                license: "LGPL-2.1-or-later".into(),
+            }],
+            distro: Some(Distro {
+                id: "debian".into(),
+                version_id: "12".into(),
+            }),
             extra: [
                 ("owner".to_string(), MetaValue::Str("ops".into())),
                 ("build".to_string(), MetaValue::Int(7)),
