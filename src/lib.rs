@@ -20,6 +20,7 @@ pub mod base;
 pub mod cli;
 pub mod compose;
 pub mod describe;
+pub mod fleet;
 pub mod image;
 pub mod pipeline;
 pub mod store;
