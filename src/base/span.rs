@@ -1,4 +1,49 @@
-//! Where a value was written: the line of a byte offset, for errors that name file, line and key.
+//! Reading TOML manifests so that errors name the file, the line and the key: the line of a
+//! byte offset, parsing with the file named, and the check of names that become file names.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+
+/// Read and parse the TOML file at `path` (`what` says what it is, for errors); returns the
+/// source too, for the lines of later errors.
+pub fn parse_toml<T: DeserializeOwned>(path: &Path, what: &str) -> Result<(String, T)> {
+    let src = fs_err::read_to_string(path).with_context(|| format!("reading the {what}"))?;
+    let raw = toml::from_str(&src).map_err(|e| {
+        anyhow!(
+            "{}: invalid {what}: {}",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })?;
+    Ok((src, raw))
+}
+
+/// A name that becomes a file or directory name: letters, digits, `-`, `_` and `.`, not
+/// starting with `.`, at most `max` bytes; an error naming `at` (file:line) and the key.
+pub fn check_name(
+    v: &Spanned<String>,
+    key: &str,
+    max: usize,
+    at: &dyn Fn(usize) -> String,
+) -> Result<()> {
+    let n = v.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= max
+        && !n.starts_with('.')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        bail!(
+            "{}: key `{key}`: {n:?} must be 1 to {max} letters, digits, `-`, `_` and `.`, not \
+             starting with `.`",
+            at(v.span().start)
+        );
+    }
+    Ok(())
+}
 
 /// The 1-based line of a byte offset in `src` (for errors from TOML spans).
 pub fn line_of(src: &str, offset: usize) -> usize {

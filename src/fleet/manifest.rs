@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::base::span::line_of;
+use crate::base::span::{check_name, line_of, parse_toml};
 use crate::base::units::{parse_duration, parse_size};
 
 #[derive(Debug, Deserialize)]
@@ -228,14 +228,7 @@ fn count(v: &toml::Value, n: u32, round_up: bool) -> Option<u32> {
 
 /// Load and validate the fleet manifest at `path`.
 pub fn load(path: &Path) -> Result<Fleet> {
-    let src = fs_err::read_to_string(path).context("reading the fleet manifest")?;
-    let raw: RawFleet = toml::from_str(&src).map_err(|e| {
-        anyhow!(
-            "{}: invalid fleet manifest: {}",
-            path.display(),
-            e.to_string().trim_end()
-        )
-    })?;
+    let (src, raw): (String, RawFleet) = parse_toml(path, "fleet manifest")?;
     let file = path.display().to_string();
     let at = |offset: usize| format!("{file}:{}", line_of(&src, offset));
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -244,19 +237,8 @@ pub fn load(path: &Path) -> Result<Fleet> {
         .name
         .as_ref()
         .ok_or_else(|| anyhow!("{file}: key `name` is missing"))?;
+    check_name(name, "name", 64, &at)?;
     let n = name.get_ref();
-    if n.is_empty()
-        || n.len() > 64
-        || n.starts_with('.')
-        || !n
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!(
-            "{}: key `name`: {n:?} must be 1 to 64 letters, digits, `-`, `_` and `.`",
-            at(name.span().start)
-        );
-    }
 
     let provider = raw
         .provider

@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::base::span::line_of;
+use crate::base::span::{check_name, line_of, parse_toml};
 pub use crate::base::units::parse_size;
 pub use crate::base::Firmware;
 
@@ -143,15 +143,7 @@ impl Manifest {
 
 /// Load and validate the manifest at `path`.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let src = fs_err::read_to_string(path)
-        .with_context(|| format!("reading image manifest {}", path.display()))?;
-    let raw: RawManifest = toml::from_str(&src).map_err(|e| {
-        anyhow!(
-            "{}: invalid image manifest: {}",
-            path.display(),
-            e.to_string().trim_end()
-        )
-    })?;
+    let (src, raw): (String, RawManifest) = parse_toml(path, "image manifest")?;
     let file = path.display().to_string();
     let at = |offset: usize| format!("{file}:{}", line_of(&src, offset));
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -264,30 +256,6 @@ pub fn load(path: &Path) -> Result<Manifest> {
         qcow2_compression,
         partitions,
     })
-}
-
-/// A name that becomes a file or directory name (the image's files, the OSTree os directory):
-/// letters, digits, `-`, `_` and `.`, not starting with `.`, at most `max` bytes.
-fn check_name(
-    v: &Spanned<String>,
-    key: &str,
-    max: usize,
-    at: &dyn Fn(usize) -> String,
-) -> Result<()> {
-    let n = v.get_ref();
-    let ok = !n.is_empty()
-        && n.len() <= max
-        && !n.starts_with('.')
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !ok {
-        bail!(
-            "{}: key `{key}`: {n:?} must be 1 to {max} letters, digits, `-`, `_` and `.`, not \
-             starting with `.`",
-            at(v.span().start)
-        );
-    }
-    Ok(())
 }
 
 /// A GPT partition name cairn writes: 1 to 36 printable ASCII characters of a plain set.
