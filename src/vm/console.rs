@@ -103,8 +103,18 @@ pub fn verdict(text: &str, accel: Accel) -> Verdict {
 
 /// Read a console log file (an unreadable or absent log shows nothing yet).
 pub fn scan(log: &Path, accel: Accel) -> Verdict {
-    match fs_err::read(log) {
-        Ok(bytes) => verdict(&String::from_utf8_lossy(&bytes), accel),
+    scan_from(log, 0, accel)
+}
+
+/// Read a console log file from byte `offset` on (what earlier boots printed is left out).
+pub fn scan_from(log: &Path, offset: u64, accel: Accel) -> Verdict {
+    match std::fs::read(log) {
+        Ok(bytes) => {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            verdict(&String::from_utf8_lossy(&bytes[start..]), accel)
+        }
         Err(_) => Verdict::default(),
     }
 }
@@ -241,5 +251,15 @@ mod tests {
         let v = scan(&log, Accel::Tcg);
         assert!(v.fatal.is_none());
         assert_eq!(v.warnings.len(), 1);
+        // What an earlier boot printed can be left behind.
+        let before = std::fs::metadata(&log).unwrap().len();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"[ 1.0] Kernel panic - not syncing: x\n").unwrap();
+        assert!(scan(&log, Accel::Tcg).fatal.is_some());
+        assert!(scan_from(&log, before + 1000, Accel::Tcg).fatal.is_none());
+        assert_eq!(
+            scan_from(&log, before, Accel::Tcg).fatal.unwrap().pattern,
+            "Kernel panic"
+        );
     }
 }

@@ -23,6 +23,19 @@ pub struct Guest {
     /// Console warnings seen so far (host starvation under TCG), and how many were handed out.
     warnings: Vec<String>,
     reported: usize,
+    /// Where the boot being judged starts in the console log (after [`Guest::follow`], earlier
+    /// boots' lines are not this boot's).
+    console_offset: u64,
+}
+
+/// One boot [`Guest::follow`] saw: how long from power-on, and how it ended.
+#[derive(Debug, Clone)]
+pub struct FollowedBoot {
+    pub seconds: f64,
+    /// Ready and good (`boot-complete.target` reached); otherwise the guest rebooted itself.
+    pub good: bool,
+    /// Fatal console lines of a boot that rebooted itself (expected of a failing trial boot).
+    pub fatal: Vec<String>,
 }
 
 impl Guest {
@@ -46,6 +59,7 @@ impl Guest {
             name: name.to_string(),
             warnings: Vec::new(),
             reported: 0,
+            console_offset: 0,
         })
     }
 
@@ -57,7 +71,7 @@ impl Guest {
     /// Fail on a dead QEMU or a fatal console line; note the console's warnings.
     pub fn check(&mut self) -> Result<()> {
         self.vm.check_running()?;
-        let v = console::scan(&self.console, self.accel);
+        let v = console::scan_from(&self.console, self.console_offset, self.accel);
         for w in v.warnings {
             if !self.warnings.contains(&w.line) {
                 tracing::warn!("{}: console warning: {}", self.name, w.line);
@@ -144,5 +158,83 @@ impl Guest {
             }
         }
         self.wait_ready(deadline)
+    }
+
+    /// Reboot, then follow the guest through the boots it makes by itself (a trial boot that
+    /// fails its health check, hangs or panics reboots; the bootloader falls back) until one is
+    /// ready and good: a new boot id, SSH, and `boot-complete.target` active (the node's own
+    /// verdict that the boot is healthy). Each time QEMU ends (the guest rebooted, under
+    /// `-no-reboot`) it is powered on again. Fatal console lines of the boots that rebooted are
+    /// theirs, not the good boot's. Returns every boot, the good one last.
+    pub fn follow(&mut self, deadline: Instant) -> Result<Vec<FollowedBoot>> {
+        let mut seen = vec![self.boot_id()?];
+        let _ = self.ssh.status("systemctl reboot", Duration::from_secs(30));
+        self.vm.wait_powered_off(deadline)?;
+        let mut boots = Vec::new();
+        loop {
+            let start_offset = std::fs::metadata(&self.console).map_or(0, |m| m.len());
+            self.vm.power_on()?;
+            let t = Instant::now();
+            let good = self.until_good_or_off(&mut seen, deadline)?;
+            let fatal: Vec<String> = console::scan_from(&self.console, start_offset, self.accel)
+                .fatal
+                .into_iter()
+                .map(|f| f.line)
+                .collect();
+            let b = FollowedBoot {
+                seconds: t.elapsed().as_secs_f64(),
+                good,
+                fatal,
+            };
+            tracing::info!(
+                "{}: boot {} {} after {:.1} s",
+                self.name,
+                boots.len() + 1,
+                if good { "good" } else { "rebooted by itself" },
+                b.seconds
+            );
+            boots.push(b);
+            if good {
+                self.console_offset = start_offset;
+                return Ok(boots);
+            }
+            if boots.len() >= 12 {
+                bail!(
+                    "the guest rebooted itself {} times without a good boot",
+                    boots.len()
+                );
+            }
+        }
+    }
+
+    /// Wait until this boot is good (true) or QEMU has ended (false: the guest rebooted).
+    fn until_good_or_off(&mut self, seen: &mut Vec<String>, deadline: Instant) -> Result<bool> {
+        let known: String = seen.iter().map(|b| format!(" -e {b}")).collect();
+        let probe = format!(
+            "b=$(cat /proc/sys/kernel/random/boot_id); echo \"$b\"; \
+             if echo \"$b\" | grep -qx{known}; then echo old; \
+             elif systemctl is-active --quiet boot-complete.target; then echo good; \
+             else echo waiting; fi"
+        );
+        loop {
+            crate::base::interrupt::check()?;
+            if self.vm.check_running().is_err() {
+                return Ok(false);
+            }
+            if Instant::now() > deadline {
+                bail!("no good boot by the deadline ({} boots seen)", seen.len());
+            }
+            if let Ok((Some(0), out)) = self.ssh.status(&probe, Duration::from_secs(20)) {
+                let mut lines = out.stdout.lines();
+                let id = lines.next().unwrap_or("").trim().to_string();
+                if !id.is_empty() && !seen.contains(&id) {
+                    seen.push(id);
+                }
+                if lines.next() == Some("good") {
+                    return Ok(true);
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
 }
