@@ -4,7 +4,8 @@
 //! [`repo`], described by [`sbom`] and compared by [`diff`]. [`cmd`] runs every external program;
 //! [`tmp`] holds the guards that clean up temporary trees and mounts; [`progress`] shows it.
 //! [`image`] turns a commit into disk images from a [`manifest`]; [`vm`] boots them under QEMU
-//! and [`vmtest`] proves them with boot tests.
+//! and [`vmtest`] proves them with boot tests. [`release`] signs commits, serves the repo with
+//! static deltas, promotes, prunes and retires streams, and keeps the audit log.
 
 pub mod apt;
 pub mod artifacts;
@@ -16,6 +17,7 @@ pub mod interrupt;
 pub mod lockfile;
 pub mod manifest;
 pub mod progress;
+pub mod release;
 pub mod repo;
 pub mod sbom;
 pub mod tmp;

@@ -43,6 +43,8 @@ enum Command {
     },
     /// Boot-test an image: run the tests under vm-tests/ inside VMs of it.
     VmTest(VmTestArgs),
+    #[command(flatten)]
+    Release(cairn::release::cli::Command),
 }
 
 #[derive(Subcommand)]
@@ -177,6 +179,9 @@ struct ComposeArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// The GPG home for a treefile's `gpg-key` (default: $GNUPGHOME, else ~/.gnupg).
+    #[arg(long, value_name = "DIR")]
+    gpg_homedir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -243,6 +248,7 @@ fn run_compose(a: ComposeArgs) -> Result<()> {
         source_date_epoch: epoch,
         keep_failed: a.keep_failed,
         tmpfs: !a.no_tmpfs,
+        gpg_homedir: a.gpg_homedir,
     };
     let progress = Progress::new(a.json);
     let results = compose::compose(&tf, &opts, &progress)?;
@@ -307,6 +313,7 @@ fn build_images(
                     source_date_epoch: source_date_epoch()?,
                     keep_failed: false,
                     tmpfs: true,
+                    gpg_homedir: None,
                 };
                 compose::compose(&tf, &opts, progress)?;
             }
@@ -528,6 +535,7 @@ fn main() -> ExitCode {
             command: VmCommand::Run(a),
         } => run_vm(a),
         Command::VmTest(a) => run_vm_test(a),
+        Command::Release(c) => cairn::release::cli::run(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,8 @@ struct RawManifest {
     provisioning: Option<Spanned<String>>,
     qcow2_compression: Option<Spanned<String>>,
     partitions: Option<Vec<Spanned<RawPartition>>>,
+    remote_url: Option<Spanned<String>>,
+    remote_gpg_key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +167,10 @@ pub struct Manifest {
     pub provisioning: Provisioning,
     pub qcow2_compression: Qcow2Compression,
     pub partitions: Vec<Partition>,
+    /// The URL the node's OSTree remote pulls from (`None`: set later).
+    pub remote_url: Option<String>,
+    /// The public key the node's remote trusts (`gpg-verify=true`); `None`: no verification.
+    pub remote_gpg_key_file: Option<PathBuf>,
 }
 
 impl Manifest {
@@ -296,6 +302,33 @@ pub fn load(path: &Path) -> Result<Manifest> {
         &at,
     )?;
     let partitions = layout(raw.partitions, size, &firmware, &at, &file)?;
+    if let Some(u) = &raw.remote_url {
+        let ok = ["http://", "https://", "file:///"]
+            .iter()
+            .any(|s| u.get_ref().starts_with(s) && u.get_ref().len() > s.len());
+        if !ok || u.get_ref().contains(char::is_whitespace) {
+            bail!(
+                "{}: key `remote-url`: {:?} is not an http://, https:// or file:/// URL",
+                at(u.span().start),
+                u.get_ref()
+            );
+        }
+    }
+    let remote_gpg_key_file = match &raw.remote_gpg_key_file {
+        Some(k) => {
+            let p = dir.join(k.get_ref());
+            if !p.is_file() {
+                bail!(
+                    "{}: key `remote-gpg-key-file`: {} does not exist (`cairn key new` writes \
+                     the public key as <KEYID>.asc in the key's directory)",
+                    at(k.span().start),
+                    p.display()
+                );
+            }
+            Some(p)
+        }
+        None => None,
+    };
     Ok(Manifest {
         path: path.to_path_buf(),
         name,
@@ -308,6 +341,8 @@ pub fn load(path: &Path) -> Result<Manifest> {
         provisioning,
         qcow2_compression,
         partitions,
+        remote_url: raw.remote_url.map(|u| u.into_inner()),
+        remote_gpg_key_file,
     })
 }
 

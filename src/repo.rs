@@ -42,14 +42,6 @@ pub fn open_or_create(path: &Path) -> Result<ostree::Repo> {
 }
 
 /// Open an existing repository.
-/// Rewrite the repo's summary file. A repo that nodes pull from needs one: `ostree remote refs`
-/// lists the refs through it.
-pub fn update_summary(path: &Path) -> Result<()> {
-    open(path)?
-        .regenerate_summary(None, gio::Cancellable::NONE)
-        .with_context(|| format!("{}: updating the summary", path.display()))
-}
-
 pub fn open(path: &Path) -> Result<ostree::Repo> {
     if !path.join("config").exists() {
         return Err(anyhow!(
@@ -134,6 +126,12 @@ pub struct Base<'a> {
     pub checked_out_at: i128,
 }
 
+/// Signs a commit inside the transaction that writes it, so that its ref never points at it
+/// unsigned (`crate::release::sign::Signer`).
+pub trait SignCommit {
+    fn sign_commit(&self, repo: &ostree::Repo, commit: &str) -> Result<()>;
+}
+
 /// Everything a commit is written with.
 pub struct NewCommit<'a> {
     pub root: &'a Path,
@@ -144,6 +142,7 @@ pub struct NewCommit<'a> {
     pub subject: &'a str,
     pub metadata: glib::Variant,
     pub timestamp: u64,
+    pub signer: Option<&'a dyn SignCommit>,
 }
 
 /// Commit the directory `c.root` and move `c.ref_` to it, in one transaction.
@@ -186,6 +185,9 @@ pub fn write_commit(repo: &ostree::Repo, c: &NewCommit) -> Result<String> {
                 gio::Cancellable::NONE,
             )
             .context("writing the commit")?;
+        if let Some(s) = c.signer {
+            s.sign_commit(repo, &checksum)?;
+        }
         repo.transaction_set_ref(None, c.ref_, Some(checksum.as_str()));
         repo.commit_transaction(gio::Cancellable::NONE)
             .context("committing the OSTree transaction")?;

@@ -44,6 +44,8 @@ pub struct ComposeOpts {
     pub keep_failed: bool,
     /// Build in a private tmpfs when there is memory for it (the default), else on disk.
     pub tmpfs: bool,
+    /// The GPG home for treefiles that name `gpg-key` (`None`: `$GNUPGHOME` or gpg's default).
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 /// What a work tree may take in memory: a base host is about 0.5 GB; layers add little.
@@ -73,6 +75,8 @@ pub struct ComposeResult {
     pub packages: usize,
     pub layer_parent: Option<String>,
     pub seconds: f64,
+    /// The commit the ref pointed at before.
+    pub previous: Option<String>,
 }
 
 /// Compose `tf` (its parent layers first) and return one result per layer, parents first.
@@ -85,12 +89,12 @@ pub fn compose(
         Some(p) => Some((p.clone(), Lockfile::load(p)?)),
         None => None,
     };
+    crate::release::check_compose(tf, opts.gpg_homedir.as_deref())?;
     let mut results = Vec::new();
     compose_chain(tf, opts, lockfile.as_ref(), progress, &mut results)?;
-    // The summary lists the refs: rewrite it only when one moved (a no-op writes nothing).
-    if results.iter().any(|r| !r.skipped) || !opts.repo.join("summary").exists() {
-        repo::update_summary(&opts.repo)?;
-    }
+    // Deltas for the refs that moved, the summary (only when one moved: a no-op writes nothing),
+    // signatures, the audit log.
+    crate::release::after_compose(tf, &opts.repo, opts.gpg_homedir.as_deref(), &results)?;
     Ok(results)
 }
 
@@ -217,6 +221,7 @@ fn skipped(ctx: &Ctx, prev: &repo::CommitInfo) -> ComposeResult {
         packages: prev.packages().len(),
         layer_parent: ctx.parent_commit.clone(),
         seconds: ctx.start.elapsed().as_secs_f64(),
+        previous: Some(prev.checksum.clone()),
     }
 }
 
@@ -535,6 +540,7 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
     if let Some(p) = &ctx.parent_commit {
         meta.insert(keys::LAYER_PARENT, p.as_str());
     }
+    crate::release::provenance(&meta, &ctx.tf.path);
     for (k, v) in &ctx.tf.add_commit_metadata {
         match v {
             crate::treefile::MetaValue::Str(s) => meta.insert(k, s.as_str()),
@@ -542,6 +548,8 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
             crate::treefile::MetaValue::Bool(b) => meta.insert(k, *b),
         };
     }
+    let signer =
+        crate::release::sign::Signer::for_treefile(ctx.tf, ctx.opts.gpg_homedir.as_deref())?;
     let r = repo::open_or_create(&ctx.opts.repo)?;
     let subject = format!("{} {}", ctx.tf.ref_, ctx.version);
     let checksum = repo::write_commit(
@@ -557,6 +565,7 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
             subject: &subject,
             metadata: meta.end(),
             timestamp: u64::try_from(ctx.epoch).unwrap_or(0),
+            signer: signer.as_ref().map(|s| s as &dyn repo::SignCommit),
         },
     )?;
     ph.done(&checksum[..12]);
@@ -571,6 +580,7 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         packages: ctx.packages.len(),
         layer_parent: ctx.parent_commit.clone(),
         seconds: ctx.start.elapsed().as_secs_f64(),
+        previous: ctx.previous.as_ref().map(|p| p.checksum.clone()),
     })
 }
 

@@ -165,6 +165,8 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
             ref_: &ctx.ref_,
             osname: &ctx.m.osname,
             remote: REMOTE,
+            remote_url: ctx.m.remote_url.as_deref(),
+            gpg_key: ctx.m.remote_gpg_key_file.as_deref(),
             kargs: &kargs,
         },
     )?;

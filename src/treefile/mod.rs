@@ -91,6 +91,9 @@ pub struct Treefile {
     pub add_commit_metadata: BTreeMap<String, MetaValue>,
     pub automatic_version_prefix: Option<String>,
     pub mutate_os_release: Option<String>,
+    /// The GPG key (id or fingerprint) its commits are signed with, and where it was named.
+    /// Not part of the flattened treefile: signing does not change what a compose makes.
+    pub gpg_key: Option<Item<String>>,
     /// This treefile's own contribution.
     pub layer: Layer,
     /// The parent layer this one starts from, if any.
@@ -126,6 +129,7 @@ struct Merged {
     add_commit_metadata: BTreeMap<String, Item<MetaValue>>,
     automatic_version_prefix: Option<Item<String>>,
     mutate_os_release: Option<Item<String>>,
+    gpg_key: Option<Item<String>>,
     layer: Layer,
     parent: Option<Box<Treefile>>,
 }
@@ -259,6 +263,8 @@ impl Merged {
         self.default_target = p.default_target.clone().map(it);
         self.automatic_version_prefix = p.automatic_version_prefix.clone().map(it);
         self.mutate_os_release = p.mutate_os_release.clone().map(it);
+        // A layer of a signed stream is signed with the same key unless it names another.
+        self.gpg_key = p.gpg_key.clone();
         for (k, v) in &p.add_commit_metadata {
             self.add_commit_metadata.insert(
                 k.clone(),
@@ -287,6 +293,7 @@ impl Merged {
         over!(default_target);
         over!(automatic_version_prefix);
         over!(mutate_os_release);
+        over!(gpg_key);
         self.add_commit_metadata.extend(c.add_commit_metadata);
         let l = c.layer;
         self.layer.packages.extend(l.packages);
@@ -383,6 +390,9 @@ fn apply_own(m: &mut Merged, raw: RawTreefile, fc: &FileCtx) -> Result<()> {
     }
     if let Some(v) = &raw.mutate_os_release {
         m.mutate_os_release = Some(fc.item(v));
+    }
+    if let Some(v) = &raw.gpg_key {
+        m.gpg_key = Some(fc.item(v));
     }
     for (k, v) in raw.add_commit_metadata.unwrap_or_default() {
         let value = match v.get_ref() {
@@ -605,6 +615,14 @@ fn validate(m: Merged) -> Result<Treefile> {
             );
         }
     }
+    if let Some(k) = &m.gpg_key {
+        if k.value.trim().is_empty() {
+            bail!(
+                "{}: key `gpg-key`: give a GPG key id or fingerprint",
+                k.origin
+            );
+        }
+    }
     let mut seen_users = BTreeSet::new();
     for u in &l.users {
         if !valid_account_name(&u.name) || !seen_users.insert(u.name.clone()) {
@@ -637,6 +655,7 @@ fn validate(m: Merged) -> Result<Treefile> {
             .collect(),
         automatic_version_prefix: m.automatic_version_prefix.map(|p| p.value),
         mutate_os_release: m.mutate_os_release.map(|p| p.value),
+        gpg_key: m.gpg_key,
         layer: m.layer,
         parent: m.parent,
     })

@@ -74,4 +74,6 @@ pub struct RawTreefile {
     pub initramfs_args: Option<Vec<String>>,
     pub users: Option<Vec<RawUser>>,
     pub groups: Option<Vec<RawGroup>>,
+    /// The GPG key id that signs the commits (rpm-ostree's `gpg-key`).
+    pub gpg_key: Option<Spanned<String>>,
 }

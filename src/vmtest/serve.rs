@@ -18,16 +18,27 @@ pub struct RepoServer {
 }
 
 impl RepoServer {
-    /// Serve the files of `root` (an OSTree archive repository).
+    /// Serve the files of `root` (an OSTree archive repository) to guests.
     pub fn start(root: &Path) -> Result<Self> {
+        let s = Self::start_on(root, "127.0.0.1:0")?;
+        tracing::info!(
+            "serving {} to guests at http://{GUEST_HOST_ADDR}:{}",
+            root.display(),
+            s.port
+        );
+        Ok(s)
+    }
+
+    /// Serve the files of `root` on `listen` (`ADDRESS:PORT`; port 0 picks a free one).
+    pub fn start_on(root: &Path, listen: &str) -> Result<Self> {
         if !root.join("config").is_file() {
             anyhow::bail!("{}: not an OSTree repository (no config)", root.display());
         }
         let root = root
             .canonicalize()
             .with_context(|| format!("{}: no such directory", root.display()))?;
-        let server = tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| anyhow!("could not listen on 127.0.0.1: {e}"))?;
+        let server = tiny_http::Server::http(listen)
+            .map_err(|e| anyhow!("could not listen on {listen}: {e}"))?;
         let port = server
             .server_addr()
             .to_ip()
@@ -39,13 +50,16 @@ impl RepoServer {
         let thread = std::thread::spawn(move || {
             for req in s.incoming_requests() {
                 let resp = respond(&served, req.url());
+                tracing::debug!(
+                    "{} {} {} {}",
+                    req.method(),
+                    req.url(),
+                    resp.status_code().0,
+                    resp.data_length().unwrap_or(0)
+                );
                 let _ = req.respond(resp);
             }
         });
-        tracing::info!(
-            "serving {} to guests at http://{GUEST_HOST_ADDR}:{port}",
-            root.display()
-        );
         Ok(RepoServer {
             server,
             thread: Some(thread),
