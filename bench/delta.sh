@@ -25,7 +25,8 @@ stop() {
 }
 trap stop EXIT
 export GNUPGHOME=$keys/k
-fpr=$("$bin" key new "$GNUPGHOME" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["fingerprint"])')
+read -r fpr public < <("$bin" key new "$GNUPGHOME" --json |
+  python3 -c 'import json,sys; k = json.load(sys.stdin); print(k["fingerprint"], k["public_key"])')
 
 layer() {  # layer PACKAGES: the signed test layer on the shipped base
   printf 'include = ["%s/treefiles/base.toml"]\nref = "bench/amd64/rel"\ngpg-key = "%s"\npackages = [%s]\n' \
@@ -34,7 +35,7 @@ layer() {  # layer PACKAGES: the signed test layer on the shipped base
 }
 client() {  # client DIR: a node-like (bare-user) repo that verifies the key's signatures
   ostree --repo="$1" init --mode=bare-user
-  ostree --repo="$1" remote add --set=gpg-verify=true --gpg-import="$GNUPGHOME"/*.asc s "$url"
+  ostree --repo="$1" remote add --set=gpg-verify=true --gpg-import="$public" s "$url"
 }
 served() { awk '/ GET \//{n++; if (n > skip) s += $NF} END {print s + 0}' skip="$1" "$w/serve.log"; }
 requests() { grep -c ' GET /' "$w/serve.log" || true; }

@@ -522,6 +522,33 @@ mod tests {
     }
 
     #[test]
+    fn remote_url_and_key_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("k.asc"), "key").unwrap();
+        let m = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"https://u.example/repo\"\nremote-gpg-key-file = \"k.asc\"\n",
+        ))
+        .unwrap();
+        assert_eq!(m.remote_url.as_deref(), Some("https://u.example/repo"));
+        assert_eq!(m.remote_gpg_key_file, Some(d.path().join("k.asc")));
+        let e = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nremote-gpg-key-file = \"none.asc\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.toml:3: key `remote-gpg-key-file`"), "{e}");
+        let e = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"ftp://x\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.toml:3: key `remote-url`"), "{e}");
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4G"), Some(4 << 30));
         assert_eq!(parse_size("384M"), Some(384 << 20));

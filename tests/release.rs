@@ -149,10 +149,11 @@ impl World {
         assert_eq!(self.snapshot(), before, "cairn {args:?} changed something");
     }
 
-    /// A client repo that trusts `key` only, for the served repo's URL; its remote is `s`.
-    fn client(&self, name: &str, url: &str, key: &Path) -> PathBuf {
+    /// A client repo in `mode` (a node's is bare: only those use deltas) that trusts `key` only,
+    /// for the served repo's URL; its remote is `s`.
+    fn client(&self, name: &str, mode: &str, url: &str, key: &Path) -> PathBuf {
         let c = self.work.join(name);
-        ok("init", self.ostree(&c, &["init", "--mode=bare-user"]));
+        ok("init", self.ostree(&c, &["init", &format!("--mode={mode}")]));
         ok(
             "remote add",
             self.ostree(
@@ -222,6 +223,9 @@ fn write_treefile(dir: &Path, fpr: &str, packages: &str) -> PathBuf {
 #[test]
 fn signed_releases_served_promoted_pruned_retired() {
     assert!(nix::unistd::geteuid().is_root(), "composing needs root");
+    let t0 = std::time::Instant::now();
+    // Each step's start, for `--nocapture` (where the wall time goes).
+    let step = |s: &str| eprintln!("[{:6.1} s] {s}", t0.elapsed().as_secs_f64());
     let work = tempfile::Builder::new()
         .prefix("cairn-rel-")
         .tempdir_in("/var/tmp")
@@ -243,6 +247,7 @@ fn signed_releases_served_promoted_pruned_retired() {
     let (other, _) = new_key(&w.homes[1], "someone else");
     assert!(public.is_file());
 
+    step("1");
     // 1. v1: base (unsigned: its treefile names no key) and the signed layer.
     let tfdir = w.work.join("tf");
     std::fs::create_dir_all(&tfdir).unwrap();
@@ -291,6 +296,7 @@ fn signed_releases_served_promoted_pruned_retired() {
     assert!(cfg.contains(&format!("gpg-key={fpr}")), "{cfg}");
     assert!(w.repo.join("summary.sig").is_file());
 
+    step("2");
     // 2. Serve it: a client that trusts the release key only pulls v1.
     let notrepo = w.work.join("tf");
     let out = Command::new(bin())
@@ -314,7 +320,7 @@ fn signed_releases_served_promoted_pruned_retired() {
     w.server = Some(server);
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    let client = w.client("client", &url, &public);
+    let client = w.client("client", "bare-user", &url, &public);
     ok("pull v1", w.pull(&client, "test/amd64/rel"));
     assert_eq!(
         ok(
@@ -325,6 +331,7 @@ fn signed_releases_served_promoted_pruned_retired() {
         v1
     );
 
+    step("3");
     // 3. v2 adds one small package: signed, and the client gets it through the static delta.
     let tf = write_treefile(&tfdir, &fpr, "\"hello\"");
     let r = w.compose(&tf);
@@ -347,6 +354,7 @@ fn signed_releases_served_promoted_pruned_retired() {
     );
     assert!(verified.contains("Good signature"), "{verified}");
 
+    step("4");
     // 4. Refused: an unsigned commit (base), and one signed by another key.
     let err = fails("pull unsigned", w.pull(&client, "cairn/amd64/base"));
     assert!(err.contains("signature"), "{err}");
@@ -365,6 +373,7 @@ fn signed_releases_served_promoted_pruned_retired() {
     let err = fails("pull other key", w.pull(&client, "cairn/amd64/base"));
     assert!(err.contains("signature") || err.contains("key"), "{err}");
 
+    step("5");
     // 5. An image's node trusts the manifest's key only: deployed from v1, its remote takes v2
     // and refuses the base commit, which only another key signed.
     let sysroot = w.work.join("sysroot");
@@ -408,6 +417,7 @@ fn signed_releases_served_promoted_pruned_retired() {
         .arg(&sysroot)
         .status();
 
+    step("6");
     // 6. Promote (the key from GNUPGHOME and the repo's config): a new signed commit of the same
     // tree on the stable ref, which the client pulls.
     let stable = "test/amd64/rel-stable";
@@ -456,6 +466,7 @@ fn signed_releases_served_promoted_pruned_retired() {
         "follows test/amd64/rel, not cairn/amd64/base",
     );
 
+    step("7");
     // 7. Bad input changes nothing.
     w.refused(&["prune", "--keep-last", "0"], "--keep-last 0");
     w.refused(
@@ -520,6 +531,7 @@ fn signed_releases_served_promoted_pruned_retired() {
         "expired",
     );
 
+    step("8");
     // 8. Prune: v1 goes with the delta from it; fsck is clean; what is kept still pulls.
     let before = w.snapshot();
     let dry = ok(
@@ -545,11 +557,12 @@ fn signed_releases_served_promoted_pruned_retired() {
     let fsck = ok("fsck", w.ostree(&w.repo, &["fsck"]));
     assert!(fsck.contains("no errors"), "{fsck}");
     assert!(!ok("has v1", w.ostree(&w.repo, &["static-delta", "list"])).contains(&v1));
-    let fresh = w.client("fresh", &url, &public);
+    let fresh = w.client("fresh", "archive", &url, &public);
     ok("pull kept v2", w.pull(&fresh, "test/amd64/rel"));
     ok("pull kept stable", w.pull(&fresh, stable));
     assert!(!w.pull(&fresh, &v1).status.success(), "v1 is gone");
 
+    step("9");
     // 9. A line cut short by a crash, then a retirement: the reader skips the cut line.
     let lines_before = w.log_lines().len();
     std::fs::OpenOptions::new()
@@ -603,6 +616,7 @@ fn signed_releases_served_promoted_pruned_retired() {
         "already retired",
     );
 
+    step("10");
     // 10. The audit log: one line per step, in order, the cut one skipped.
     let out = w.cairn(&["log", "--json"]);
     let h: Value = serde_json::from_str(&ok("log", out)).unwrap();
@@ -656,4 +670,5 @@ fn signed_releases_served_promoted_pruned_retired() {
         .map(|e| e["command"].as_str().unwrap())
         .collect();
     assert_eq!(cmds, ["promote", "retire"]);
+    step("done");
 }

@@ -151,6 +151,12 @@ impl std::fmt::Display for History {
             let mut extra = String::new();
             for (k, v) in &e.detail {
                 let v = match v {
+                    // Checksums and fingerprints: the short form, as elsewhere in the line.
+                    serde_json::Value::String(s)
+                        if s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit()) =>
+                    {
+                        short(s).to_string()
+                    }
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Array(a) => format!("{} items", a.len()),
                     other => other.to_string(),

@@ -291,3 +291,34 @@ fn path_normalisation() {
     assert_eq!(normalize_tree_path("/etc/../a"), None);
     assert_eq!(normalize_tree_path("etc/a"), None);
 }
+
+#[test]
+fn gpg_key_is_inherited_by_a_layer_and_not_part_of_the_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "base.toml",
+        &format!("{BASE}gpg-key = \"ABCDEF0123456789\"\n"),
+    );
+    write(
+        d.path(),
+        "app.toml",
+        "include = [\"base.toml\"]\nref = \"test/app\"\n",
+    );
+    write(
+        d.path(),
+        "own.toml",
+        "include = [\"base.toml\"]\nref = \"test/own\"\ngpg-key = \"other\"\n",
+    );
+    let app = load(&d.path().join("app.toml")).unwrap();
+    let key = app.gpg_key.as_ref().unwrap();
+    assert_eq!(key.value, "ABCDEF0123456789");
+    assert!(key.origin.to_string().contains("base.toml"));
+    let own = load(&d.path().join("own.toml")).unwrap();
+    assert_eq!(own.gpg_key.as_ref().unwrap().value, "other");
+    assert_eq!(own.gpg_key.as_ref().unwrap().origin.line, 3);
+    let flat = serde_json::to_string(&own.flattened().unwrap()).unwrap();
+    assert!(!flat.contains("other"), "{flat}");
+    write(d.path(), "empty.toml", &format!("{BASE}gpg-key = \" \"\n"));
+    assert!(err(d.path(), "empty.toml").contains("key `gpg-key`"));
+}
