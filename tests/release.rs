@@ -153,7 +153,10 @@ impl World {
     /// for the served repo's URL; its remote is `s`.
     fn client(&self, name: &str, mode: &str, url: &str, key: &Path) -> PathBuf {
         let c = self.work.join(name);
-        ok("init", self.ostree(&c, &["init", &format!("--mode={mode}")]));
+        ok(
+            "init",
+            self.ostree(&c, &["init", &format!("--mode={mode}")]),
+        );
         ok(
             "remote add",
             self.ostree(

@@ -157,6 +157,9 @@ impl std::fmt::Display for History {
                     {
                         short(s).to_string()
                     }
+                    serde_json::Value::String(s) if s.contains(char::is_whitespace) => {
+                        format!("{s:?}")
+                    }
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Array(a) => format!("{} items", a.len()),
                     other => other.to_string(),
