@@ -14,6 +14,9 @@
 //! - [`vm`] → [`vmtest`]: booting images under QEMU, and boot tests;
 //! - [`pipeline`]: the compose-then-image job that `build`, `vm-test --build` and later rollouts
 //!   call;
+//! - [`release`]: signing, serving with static deltas, promotion, pruning, end of life and the
+//!   audit log, for the commits compose makes;
+//! - [`fleet`]: rollouts of a commit across a fleet behind a load balancer;
 //! - [`cli`]: the command line (the binary only parses and dispatches).
 
 pub mod base;
@@ -23,6 +26,7 @@ pub mod describe;
 pub mod fleet;
 pub mod image;
 pub mod pipeline;
+pub mod release;
 pub mod store;
 pub mod treefile;
 pub mod vm;

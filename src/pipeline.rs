@@ -24,6 +24,8 @@ pub struct BuildOpts {
     pub compose: bool,
     /// The commit timestamp for a compose (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
+    /// The GPG home for a treefile's `gpg-key` (`None`: `$GNUPGHOME` or gpg's default).
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 /// Build the images the manifest at `manifest` describes.
@@ -43,6 +45,7 @@ pub fn build_images(manifest: &Path, o: &BuildOpts, progress: &Progress) -> Resu
                     source_date_epoch: o.source_date_epoch,
                     keep_failed: false,
                     tmpfs: true,
+                    gpg_homedir: o.gpg_homedir.clone(),
                 };
                 compose::compose(&tf, &opts, progress)?;
             }

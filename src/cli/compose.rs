@@ -33,6 +33,9 @@ pub struct ComposeArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The GPG home for a treefile's `gpg-key` (default: $GNUPGHOME, else ~/.gnupg).
+    #[arg(long, value_name = "DIR")]
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +71,7 @@ pub fn compose(a: ComposeArgs) -> Result<()> {
         source_date_epoch: crate::base::time::source_date_epoch()?,
         keep_failed: a.keep_failed,
         tmpfs: !a.no_tmpfs,
+        gpg_homedir: a.gpg_homedir,
     };
     let results = comp::compose(&tf, &opts, &Progress::new(a.json))?;
     let last = results

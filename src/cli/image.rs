@@ -24,6 +24,10 @@ pub struct ImageArgs {
     /// Print the artifacts as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The GPG home for the treefile's `gpg-key` when `build` composes (default: $GNUPGHOME,
+    /// else ~/.gnupg).
+    #[arg(long, value_name = "DIR")]
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 pub fn image(a: ImageArgs, compose: bool) -> Result<()> {
@@ -34,6 +38,7 @@ pub fn image(a: ImageArgs, compose: bool) -> Result<()> {
         rev: a.rev,
         compose,
         source_date_epoch: crate::base::time::source_date_epoch()?,
+        gpg_homedir: a.gpg_homedir,
     };
     let r = pipeline::build_images(&a.manifest, &opts, &Progress::new(a.json))?;
     if a.json {

@@ -5,6 +5,7 @@
 pub mod compose;
 pub mod docs;
 pub mod image;
+pub mod release;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum Command {
     Completions(docs::CompletionsArgs),
     /// Write man pages for cairn and every command.
     Man(docs::ManArgs),
+    #[command(flatten)]
+    Release(release::Command),
 }
 
 /// Where the repo and cache are.
@@ -75,6 +78,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::VmTest(a) => vm::vm_test(a),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
+        Command::Release(c) => release::run(c),
     }
 }
 

@@ -158,6 +158,7 @@ pub fn vm_test(a: VmTestArgs) -> Result<()> {
                 rev: None,
                 compose: true,
                 source_date_epoch: crate::base::time::source_date_epoch()?,
+                gpg_homedir: None,
             };
             let r = pipeline::build_images(m, &opts, &Progress::new(a.json))?;
             pipeline::bootable_artifact(&r, m)?

@@ -15,6 +15,7 @@ mod inventory;
 pub mod layout;
 pub mod lockfile;
 mod noop;
+mod publish;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ pub struct ComposeOpts {
     pub keep_failed: bool,
     /// Build in a private tmpfs when there is memory for it (the default), else on disk.
     pub tmpfs: bool,
+    /// The GPG home for treefiles that name `gpg-key` (`None`: `$GNUPGHOME` or gpg's default).
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 /// What a work tree may take in memory: a base host is about 0.5 GB; layers add little.
@@ -78,6 +81,8 @@ pub struct ComposeResult {
     pub packages: usize,
     pub layer_parent: Option<String>,
     pub seconds: f64,
+    /// The commit the ref pointed at before.
+    pub previous: Option<String>,
 }
 
 /// Compose `tf` (its parent layers first) and return one result per layer, parents first.
@@ -90,12 +95,12 @@ pub fn compose(
         Some(p) => Some((p.clone(), Lockfile::load(p)?)),
         None => None,
     };
+    publish::check_keys(tf, opts.gpg_homedir.as_deref())?;
     let mut results = Vec::new();
     compose_chain(tf, opts, lockfile.as_ref(), progress, &mut results)?;
-    // The summary lists the refs: rewrite it only when one moved (a no-op writes nothing).
-    if results.iter().any(|r| !r.skipped) || !opts.repo.join("summary").exists() {
-        store::update_summary(&opts.repo)?;
-    }
+    // Signatures, deltas for the refs that moved, the summary (only when one moved: a no-op
+    // writes nothing), the audit log.
+    publish::after_compose(tf, &opts.repo, opts.gpg_homedir.as_deref(), &results)?;
     Ok(results)
 }
 
@@ -461,8 +466,11 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         layer_parent: ctx.parent_commit.clone(),
         package_info: ctx.package_info.clone(),
         distro: ctx.distro.clone(),
+        provenance: publish::provenance(&ctx.tf.path),
         extra: ctx.tf.add_commit_metadata(),
+        ..Default::default()
     };
+    let signer = publish::signer(ctx.tf, ctx.opts.gpg_homedir.as_deref())?;
     let r = store::open_or_create(&ctx.opts.repo)?;
     let subject = format!("{} {}", ctx.tf.ref_, ctx.version);
     let checksum = store::write_commit(
@@ -478,6 +486,7 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
             subject: &subject,
             meta: &meta,
             timestamp: u64::try_from(ctx.epoch).unwrap_or(0),
+            signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
         },
     )?;
     ph.done(&checksum[..12]);
@@ -492,6 +501,7 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
         packages: ctx.packages.len(),
         layer_parent: ctx.parent_commit.clone(),
         seconds: ctx.start.elapsed().as_secs_f64(),
+        previous: ctx.previous.as_ref().map(|p| p.checksum.clone()),
     })
 }
 

@@ -21,6 +21,7 @@ pub(super) fn skipped(ctx: &Ctx, prev: &store::Commit) -> ComposeResult {
         packages: prev.meta.packages.len(),
         layer_parent: ctx.parent_commit.clone(),
         seconds: ctx.start.elapsed().as_secs_f64(),
+        previous: Some(prev.checksum.clone()),
     }
 }
 

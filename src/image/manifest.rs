@@ -32,6 +32,8 @@ struct RawManifest {
     provisioning: Option<Spanned<String>>,
     qcow2_compression: Option<Spanned<String>>,
     partitions: Option<Vec<Spanned<RawPartition>>>,
+    remote_url: Option<Spanned<String>>,
+    remote_gpg_key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +134,10 @@ pub struct Manifest {
     pub provisioning: Provisioning,
     pub qcow2_compression: Qcow2Compression,
     pub partitions: Vec<Partition>,
+    /// The URL the node's OSTree remote pulls from (`None`: set later).
+    pub remote_url: Option<String>,
+    /// The public key the node's remote trusts (`gpg-verify=true`); `None`: no verification.
+    pub remote_gpg_key_file: Option<PathBuf>,
 }
 
 impl Manifest {
@@ -243,6 +249,33 @@ pub fn load(path: &Path) -> Result<Manifest> {
         &at,
     )?;
     let partitions = layout(raw.partitions, size, &firmware, &at, &file)?;
+    if let Some(u) = &raw.remote_url {
+        let ok = ["http://", "https://", "file:///"]
+            .iter()
+            .any(|s| u.get_ref().starts_with(s) && u.get_ref().len() > s.len());
+        if !ok || u.get_ref().contains(char::is_whitespace) {
+            bail!(
+                "{}: key `remote-url`: {:?} is not an http://, https:// or file:/// URL",
+                at(u.span().start),
+                u.get_ref()
+            );
+        }
+    }
+    let remote_gpg_key_file = match &raw.remote_gpg_key_file {
+        Some(k) => {
+            let p = dir.join(k.get_ref());
+            if !p.is_file() {
+                bail!(
+                    "{}: key `remote-gpg-key-file`: {} does not exist (`cairn key new` writes \
+                     the public key as <KEYID>.asc in the key's directory)",
+                    at(k.span().start),
+                    p.display()
+                );
+            }
+            Some(p)
+        }
+        None => None,
+    };
     Ok(Manifest {
         path: path.to_path_buf(),
         name,
@@ -255,6 +288,8 @@ pub fn load(path: &Path) -> Result<Manifest> {
         provisioning,
         qcow2_compression,
         partitions,
+        remote_url: raw.remote_url.map(|u| u.into_inner()),
+        remote_gpg_key_file,
     })
 }
 
@@ -447,6 +482,33 @@ mod tests {
         let p = dir.join("m.toml");
         fs_err::write(&p, body).unwrap();
         p
+    }
+
+    #[test]
+    fn remote_url_and_key_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("k.asc"), "key").unwrap();
+        let m = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"https://u.example/repo\"\nremote-gpg-key-file = \"k.asc\"\n",
+        ))
+        .unwrap();
+        assert_eq!(m.remote_url.as_deref(), Some("https://u.example/repo"));
+        assert_eq!(m.remote_gpg_key_file, Some(d.path().join("k.asc")));
+        let e = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nremote-gpg-key-file = \"none.asc\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.toml:3: key `remote-gpg-key-file`"), "{e}");
+        let e = load(&write(
+            d.path(),
+            "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"ftp://x\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.toml:3: key `remote-url`"), "{e}");
     }
 
     #[test]

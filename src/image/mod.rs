@@ -162,6 +162,13 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
     fs_err::create_dir_all(&sysroot)?;
     let mut kargs = vec!["root=LABEL=root".to_string(), "rw".to_string()];
     kargs.extend(ctx.m.kernel_arguments.iter().cloned());
+    let trust = match &ctx.m.remote_gpg_key_file {
+        Some(k) => Some(crate::store::remote::Trust {
+            key_file: k,
+            fingerprints: crate::release::key::fingerprints_in(k)?,
+        }),
+        None => None,
+    };
     let dep = sysroot::deploy(
         &sysroot,
         &sysroot::DeployOpts {
@@ -170,6 +177,8 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
             ref_: &ctx.ref_,
             osname: &ctx.m.osname,
             remote: REMOTE,
+            remote_url: ctx.m.remote_url.as_deref(),
+            trust,
             kargs: &kargs,
         },
     )?;

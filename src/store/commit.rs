@@ -17,6 +17,12 @@ pub struct Base<'a> {
     pub checked_out_at: i128,
 }
 
+/// Signs a commit inside the transaction that writes it, so that its ref never points at it
+/// unsigned (`crate::release::sign::Signer`).
+pub trait SignCommit {
+    fn sign_commit(&self, repo: &ostree::Repo, commit: &str) -> Result<()>;
+}
+
 /// Everything a commit is written with.
 pub struct NewCommit<'a> {
     pub root: &'a Path,
@@ -27,6 +33,7 @@ pub struct NewCommit<'a> {
     pub subject: &'a str,
     pub meta: &'a CommitMeta,
     pub timestamp: u64,
+    pub signer: Option<&'a dyn SignCommit>,
 }
 
 /// Commit the directory `c.root` and move `c.ref_` to it, in one transaction.
@@ -58,26 +65,64 @@ pub fn write_commit(repo: &ostree::Repo, c: &NewCommit) -> Result<String> {
         let root = root
             .downcast::<ostree::RepoFile>()
             .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
-        let checksum = repo
-            .write_commit_with_time(
-                c.parent,
-                Some(c.subject),
-                None,
-                Some(&c.meta.to_variant()),
-                &root,
-                c.timestamp,
-                gio::Cancellable::NONE,
-            )
-            .context("writing the commit")?;
-        repo.transaction_set_ref(None, c.ref_, Some(checksum.as_str()));
-        repo.commit_transaction(gio::Cancellable::NONE)
-            .context("committing the OSTree transaction")?;
-        Ok(checksum.to_string())
+        finish(
+            repo,
+            &root,
+            Header {
+                ref_: c.ref_,
+                parent: c.parent,
+                subject: c.subject,
+                meta: c.meta,
+                timestamp: c.timestamp,
+                signer: c.signer,
+            },
+        )
     })();
     if result.is_err() {
         let _ = repo.abort_transaction(gio::Cancellable::NONE);
     }
     result
+}
+
+/// What every commit object carries besides its tree.
+struct Header<'a> {
+    ref_: &'a str,
+    parent: Option<&'a str>,
+    subject: &'a str,
+    meta: &'a CommitMeta,
+    timestamp: u64,
+    signer: Option<&'a dyn SignCommit>,
+}
+
+/// The end of every commit's transaction: write the commit object for `root`, sign it, move
+/// the ref, commit the transaction.
+fn finish(repo: &ostree::Repo, root: &ostree::RepoFile, h: Header) -> Result<String> {
+    let Header {
+        ref_,
+        parent,
+        subject,
+        meta,
+        timestamp,
+        signer,
+    } = h;
+    let checksum = repo
+        .write_commit_with_time(
+            parent,
+            Some(subject),
+            None,
+            Some(&meta.to_variant()),
+            root,
+            timestamp,
+            gio::Cancellable::NONE,
+        )
+        .context("writing the commit")?;
+    if let Some(s) = signer {
+        s.sign_commit(repo, &checksum)?;
+    }
+    repo.transaction_set_ref(None, ref_, Some(checksum.as_str()));
+    repo.commit_transaction(gio::Cancellable::NONE)
+        .context("committing the OSTree transaction")?;
+    Ok(checksum.to_string())
 }
 
 fn ctime_ns(m: &std::fs::Metadata) -> i128 {
@@ -162,4 +207,46 @@ pub fn checkout(repo: &ostree::Repo, commit: &str, dest: &Path) -> Result<i128> 
 
 fn libc_at_fdcwd() -> i32 {
     nix::libc::AT_FDCWD
+}
+
+/// A new commit of an existing commit's tree (promotion, retirement): no object is written.
+pub struct Recommit<'a> {
+    pub ref_: &'a str,
+    /// The commit whose tree the new one has.
+    pub tree_of: &'a str,
+    pub parent: Option<&'a str>,
+    pub subject: String,
+    pub meta: &'a CommitMeta,
+    pub timestamp: u64,
+    pub signer: Option<&'a dyn SignCommit>,
+}
+
+/// Write `c` and move its ref, signed, in one transaction.
+pub fn recommit(repo: &ostree::Repo, c: &Recommit) -> Result<String> {
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .context("starting an OSTree transaction")?;
+    let result = (|| -> Result<String> {
+        let (root, _) = repo
+            .read_commit(c.tree_of, gio::Cancellable::NONE)
+            .with_context(|| format!("reading the tree of {}", c.tree_of))?;
+        let root = root
+            .downcast::<ostree::RepoFile>()
+            .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
+        finish(
+            repo,
+            &root,
+            Header {
+                ref_: c.ref_,
+                parent: c.parent,
+                subject: &c.subject,
+                meta: c.meta,
+                timestamp: c.timestamp,
+                signer: c.signer,
+            },
+        )
+    })();
+    if result.is_err() {
+        let _ = repo.abort_transaction(gio::Cancellable::NONE);
+    }
+    result
 }

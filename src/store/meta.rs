@@ -26,6 +26,24 @@ pub mod keys {
     pub const LAYER_PARENT: &str = "cairn.layer-parent";
     pub const PACKAGE_INFO: &str = "cairn.package-info";
     pub const DISTRO: &str = "cairn.distro";
+    pub const COMPOSE_USER: &str = "cairn.compose-user";
+    pub const COMPOSE_HOST: &str = "cairn.compose-host";
+    pub const TREEFILE_GIT_REVISION: &str = "cairn.treefile-git-revision";
+    pub const PROMOTED_FROM: &str = "cairn.promoted-from";
+    pub const PROMOTED_FROM_REF: &str = "cairn.promoted-from-ref";
+    /// libostree's: the ref ends, with this message.
+    pub const ENDOFLIFE: &str = "ostree.endoflife";
+    /// libostree's: nodes following the ref move to this one.
+    pub const ENDOFLIFE_REBASE: &str = "ostree.endoflife-rebase";
+}
+
+/// Who composed a commit, where, and from which revision of the treefile's git checkout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Provenance {
+    pub user: Option<String>,
+    pub host: Option<String>,
+    /// The commit of the treefile's git checkout (`-dirty` when tracked files changed).
+    pub git_revision: Option<String>,
 }
 
 /// A free-form metadata value (a treefile's `add-commit-metadata`).
@@ -80,6 +98,13 @@ pub struct CommitMeta {
     pub package_info: Vec<PackageInfo>,
     /// The distribution the tree is built from.
     pub distro: Option<Distro>,
+    pub provenance: Provenance,
+    /// For a promoted commit: the commit and ref it was promoted from.
+    pub promoted_from: Option<String>,
+    pub promoted_from_ref: Option<String>,
+    /// For a retired ref's last commit: why it ends, and the ref its nodes move to.
+    pub endoflife: Option<String>,
+    pub endoflife_rebase: Option<String>,
     /// Other keys (a treefile's `add-commit-metadata`); written after the ones above, so they
     /// may override them, as in rpm-ostree.
     pub extra: BTreeMap<String, MetaValue>,
@@ -119,6 +144,13 @@ const KNOWN: &[&str] = &[
     keys::LAYER_PARENT,
     keys::PACKAGE_INFO,
     keys::DISTRO,
+    keys::COMPOSE_USER,
+    keys::COMPOSE_HOST,
+    keys::TREEFILE_GIT_REVISION,
+    keys::PROMOTED_FROM,
+    keys::PROMOTED_FROM_REF,
+    keys::ENDOFLIFE,
+    keys::ENDOFLIFE_REBASE,
 ];
 
 impl CommitMeta {
@@ -173,6 +205,15 @@ impl CommitMeta {
                 })
                 .collect(),
             distro: distro.map(|(id, version_id)| Distro { id, version_id }),
+            provenance: Provenance {
+                user: get(&dict, commit, keys::COMPOSE_USER)?,
+                host: get(&dict, commit, keys::COMPOSE_HOST)?,
+                git_revision: get(&dict, commit, keys::TREEFILE_GIT_REVISION)?,
+            },
+            promoted_from: get(&dict, commit, keys::PROMOTED_FROM)?,
+            promoted_from_ref: get(&dict, commit, keys::PROMOTED_FROM_REF)?,
+            endoflife: get(&dict, commit, keys::ENDOFLIFE)?,
+            endoflife_rebase: get(&dict, commit, keys::ENDOFLIFE_REBASE)?,
             extra,
         })
     }
@@ -194,6 +235,13 @@ impl CommitMeta {
             (keys::TREEFILE, &self.treefile),
             (keys::SBOM, &self.sbom_spdx),
             (keys::LAYER_PARENT, &self.layer_parent),
+            (keys::COMPOSE_USER, &self.provenance.user),
+            (keys::COMPOSE_HOST, &self.provenance.host),
+            (keys::TREEFILE_GIT_REVISION, &self.provenance.git_revision),
+            (keys::PROMOTED_FROM, &self.promoted_from),
+            (keys::PROMOTED_FROM_REF, &self.promoted_from_ref),
+            (keys::ENDOFLIFE, &self.endoflife),
+            (keys::ENDOFLIFE_REBASE, &self.endoflife_rebase),
         ];
         for (k, v) in strings {
             if let Some(v) = v {
@@ -277,6 +325,15 @@ mod tests {
                 id: "debian".into(),
                 version_id: "12".into(),
             }),
+            provenance: Provenance {
+                user: Some("ops".into()),
+                host: Some("build-1".into()),
+                git_revision: Some("0123abc-dirty".into()),
+            },
+            promoted_from: Some("ab".repeat(32)),
+            promoted_from_ref: Some("cairn/amd64/app".into()),
+            endoflife: Some("moved".into()),
+            endoflife_rebase: Some("cairn/amd64/app2".into()),
             extra: [
                 ("owner".to_string(), MetaValue::Str("ops".into())),
                 ("build".to_string(), MetaValue::Int(7)),

@@ -8,11 +8,12 @@
 
 pub mod commit;
 pub mod meta;
+pub mod remote;
 pub mod serve;
 pub mod sysroot;
 
-pub use commit::{checkout, write_commit, Base, NewCommit};
-pub use meta::{keys, CommitMeta, MetaValue};
+pub use commit::{checkout, recommit, write_commit, Base, NewCommit, Recommit, SignCommit};
+pub use meta::{keys, CommitMeta, MetaValue, Provenance};
 
 use std::path::Path;
 
@@ -46,14 +47,6 @@ pub fn open_or_create(path: &Path) -> Result<ostree::Repo> {
             .with_context(|| format!("creating OSTree repo {}", path.display()))?;
     }
     Ok(repo)
-}
-
-/// Rewrite the repo's summary file. A repo that nodes pull from needs one: `ostree remote refs`
-/// lists the refs through it.
-pub fn update_summary(path: &Path) -> Result<()> {
-    open(path)?
-        .regenerate_summary(None, gio::Cancellable::NONE)
-        .with_context(|| format!("{}: updating the summary", path.display()))
 }
 
 /// Open an existing repository.

@@ -15,16 +15,21 @@ pub struct RepoServer {
 }
 
 impl RepoServer {
-    /// Serve the files of `root` (an OSTree archive repository).
+    /// Serve the files of `root` (an OSTree archive repository) on a free loopback port.
     pub fn start(root: &Path) -> Result<Self> {
+        Self::start_on(root, "127.0.0.1:0")
+    }
+
+    /// Serve the files of `root` on `listen` (`ADDRESS:PORT`; port 0 picks a free one).
+    pub fn start_on(root: &Path, listen: &str) -> Result<Self> {
         if !root.join("config").is_file() {
             anyhow::bail!("{}: not an OSTree repository (no config)", root.display());
         }
         let root = root
             .canonicalize()
             .with_context(|| format!("{}: no such directory", root.display()))?;
-        let server = tiny_http::Server::http("127.0.0.1:0")
-            .map_err(|e| anyhow!("could not listen on 127.0.0.1: {e}"))?;
+        let server = tiny_http::Server::http(listen)
+            .map_err(|e| anyhow!("could not listen on {listen}: {e}"))?;
         let port = server
             .server_addr()
             .to_ip()
@@ -36,10 +41,17 @@ impl RepoServer {
         let thread = std::thread::spawn(move || {
             for req in s.incoming_requests() {
                 let resp = respond(&served, req.url());
+                tracing::debug!(
+                    "{} {} {} {}",
+                    req.method(),
+                    req.url(),
+                    resp.status_code().0,
+                    resp.data_length().unwrap_or(0)
+                );
                 let _ = req.respond(resp);
             }
         });
-        tracing::info!("serving {} on 127.0.0.1:{port}", root.display());
+        tracing::info!("serving {} on {listen} (port {port})", root.display());
         Ok(RepoServer {
             server,
             thread: Some(thread),

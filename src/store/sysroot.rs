@@ -17,8 +17,12 @@ pub struct DeployOpts<'a> {
     /// The ref the node follows for upgrades (recorded in the deployment's origin).
     pub ref_: &'a str,
     pub osname: &'a str,
-    /// The remote the node upgrades from; its URL is set later by provisioning or by hand.
+    /// The remote the node upgrades from.
     pub remote: &'a str,
+    /// Its URL (`None`: set later by provisioning or by hand).
+    pub remote_url: Option<&'a str>,
+    /// The release key it trusts (`gpg-verify=true`); `None`: no verification.
+    pub trust: Option<super::remote::Trust<'a>>,
     pub kargs: &'a [String],
 }
 
@@ -80,15 +84,7 @@ pub fn deploy(sysroot_dir: &Path, o: &DeployOpts) -> Result<String> {
         gio::Cancellable::NONE,
     )
     .context("recording the ref")?;
-    let remote_opts = glib::VariantDict::new(None);
-    remote_opts.insert_value("gpg-verify", &false.to_variant());
-    repo.remote_add(
-        o.remote,
-        Some("file:///dev/null"),
-        Some(&remote_opts.end()),
-        gio::Cancellable::NONE,
-    )
-    .with_context(|| format!("adding remote {}", o.remote))?;
+    super::remote::add(&repo, o.remote, o.remote_url, o.trust.as_ref(), o.commit)?;
 
     syslinux_stub(sysroot_dir).context("preparing the bootloader configuration")?;
     let origin = sysroot.origin_new_from_refspec(&format!("{}:{}", o.remote, o.ref_));

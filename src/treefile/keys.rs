@@ -13,6 +13,7 @@
 //! | `map` | tables merge | inherits, may add or override entries | yes |
 //! | `list` | arrays concatenate | its own list (the parent's is in its commit) | yes |
 //! | `each` | one value per file, collected into a list | like `list` | yes |
+//! | `signing` | the later file wins | inherits, may override | no: who signs is not what is built |
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -221,36 +222,39 @@ macro_rules! check_locked {
     ($kind:ident, $v:ty, $raw:expr, $parent:expr, $fc:expr, $name:expr) => {};
 }
 
-/// Flatten one key's value.
+/// Flatten one key's value (`None`: the key is not an input of the build).
 macro_rules! flat_key {
+    (signing, $mine:expr) => {
+        None
+    };
     (map, $mine:expr) => {{
         let mut m = serde_json::Map::new();
         for (k, v) in &$mine {
             m.insert(k.clone(), v.value.flat()?);
         }
-        Value::Object(m)
+        Some(Value::Object(m))
     }};
     (list, $mine:expr) => {
-        Value::Array(
+        Some(Value::Array(
             $mine
                 .iter()
                 .map(|i| i.value.flat())
                 .collect::<Result<_>>()?,
-        )
+        ))
     };
     (each, $mine:expr) => {
-        Value::Array(
+        Some(Value::Array(
             $mine
                 .iter()
                 .map(|i| i.value.flat())
                 .collect::<Result<_>>()?,
-        )
+        ))
     };
     ($kind:ident, $mine:expr) => {
-        match &$mine {
+        Some(match &$mine {
             Some(i) => i.value.flat()?,
             None => Value::Null,
-        }
+        })
     };
 }
 
@@ -305,8 +309,9 @@ macro_rules! treefile_keys {
             pub fn flatten(&self) -> Result<serde_json::Map<String, Value>> {
                 let mut m = serde_json::Map::new();
                 $(
-                    let v = flat_key!($kind, self.$field);
-                    m.insert($name.to_string(), v);
+                    if let Some(v) = flat_key!($kind, self.$field) {
+                        m.insert($name.to_string(), v);
+                    }
                 )*
                 Ok(m)
             }
@@ -334,7 +339,12 @@ treefile_keys! {
     list      initramfs_args            "initramfs-args":           String;
     list      users                     "users":                    RawUser;
     list      groups                    "groups":                   RawGroup;
+    signing   gpg_key                   "gpg-key":                  String;
 }
+
+/// The keys that do not enter the input hash, and why: changing them changes no byte of the
+/// tree (a new signing key signs the same commit; it is not a new build).
+pub const NOT_HASHED: &[&str] = &["gpg-key"];
 
 /// Read `src` (the file at `path`) into raw keys.
 pub fn parse(path: &Path, src: &str) -> Result<RawTreefile> {

@@ -22,7 +22,7 @@ use toml::Spanned;
 
 use crate::base::span::line_of;
 use crate::store::MetaValue;
-pub use keys::{AddFile, Keys, Script, KEYS};
+pub use keys::{AddFile, Keys, Script, KEYS, NOT_HASHED};
 pub use raw::{RawGroup as Group, RawUser as User};
 
 /// Where a value was written: file and line.
@@ -233,6 +233,11 @@ impl Treefile {
             .mutate_os_release
             .as_ref()
             .map(|t| t.value.as_str())
+    }
+
+    /// The GPG key id that signs this layer's commits (`gpg-key`, inherited by layers).
+    pub fn gpg_key(&self) -> Option<&Item<String>> {
+        self.keys.gpg_key.as_ref()
     }
 
     /// `add-commit-metadata`, the parent layers' included.

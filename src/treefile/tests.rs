@@ -430,6 +430,11 @@ fn variations(d: &Path) -> Vec<(&'static str, String, String)> {
             "[[groups]]\nname = \"ops\"",
             "[[groups]]\nname = \"dev\"",
         ),
+        v(
+            "gpg-key",
+            "gpg-key = \"ABCDEF0123456789\"",
+            "gpg-key = \"0123456789ABCDEF\"",
+        ),
     ]
 }
 
@@ -461,11 +466,19 @@ fn every_key_changes_the_input_hash() {
         serde_json::to_string(&t.flattened().unwrap()).unwrap()
     };
     for (key, a, b) in &vars {
-        assert_ne!(
-            flat(a, key),
-            flat(b, key),
-            "changing `{key}` leaves the input hash as it was"
-        );
+        if NOT_HASHED.contains(key) {
+            assert_eq!(
+                flat(a, key),
+                flat(b, key),
+                "`{key}` is not an input of the build"
+            );
+        } else {
+            assert_ne!(
+                flat(a, key),
+                flat(b, key),
+                "changing `{key}` leaves the input hash as it was"
+            );
+        }
     }
 }
 
@@ -487,4 +500,33 @@ fn a_layer_inherits_settings_and_keeps_its_own_lists() {
         "the parent's units are in its commit"
     );
     assert_eq!(t.add_commit_metadata().len(), 1);
+}
+
+#[test]
+fn gpg_key_is_inherited_by_a_layer() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "base.toml",
+        &format!("{BASE}gpg-key = \"ABCDEF0123456789\"\n"),
+    );
+    write(
+        d.path(),
+        "app.toml",
+        "include = [\"base.toml\"]\nref = \"test/app\"\n",
+    );
+    write(
+        d.path(),
+        "own.toml",
+        "include = [\"base.toml\"]\nref = \"test/own\"\ngpg-key = \"other\"\n",
+    );
+    let app = load(&d.path().join("app.toml")).unwrap();
+    let key = app.gpg_key().unwrap();
+    assert_eq!(key.value, "ABCDEF0123456789");
+    assert!(key.origin.to_string().contains("base.toml"));
+    let own = load(&d.path().join("own.toml")).unwrap();
+    assert_eq!(own.gpg_key().unwrap().value, "other");
+    assert_eq!(own.gpg_key().unwrap().origin.line, 3);
+    write(d.path(), "empty.toml", &format!("{BASE}gpg-key = \" \"\n"));
+    assert!(err(d.path(), "empty.toml").contains("key `gpg-key`"));
 }

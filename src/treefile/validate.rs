@@ -172,6 +172,16 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             );
         }
     }
+    if let Some(k) = &keys.gpg_key {
+        let v = k.value.trim();
+        if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "{}: key `gpg-key`: {:?} is not a GPG key id or fingerprint",
+                k.origin,
+                k.value
+            );
+        }
+    }
     let mut seen_users = BTreeSet::new();
     for u in &keys.users {
         if !valid_account_name(&u.value.name) {
