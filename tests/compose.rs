@@ -473,7 +473,8 @@ fn compose_end_to_end() {
         components.len()
     );
     let bash = components.iter().find(|c| c["name"] == "bash").unwrap();
-    assert_eq!(bash["licenses"][0]["expression"], "GPL-3.0-or-later");
+    let bash_license = bash["licenses"][0]["expression"].as_str().unwrap();
+    assert!(bash_license.contains("GPL-3.0-or-later"), "{bash_license}");
     // Both documents of a real commit pass their formats' validators.
     let spdx_file = work.path().join("app.spdx.json");
     let cdx_file = work.path().join("app.cdx.json");
