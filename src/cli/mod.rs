@@ -4,6 +4,7 @@
 
 pub mod compose;
 pub mod docs;
+pub mod fleet;
 pub mod image;
 pub mod release;
 pub mod vm;
@@ -47,6 +48,16 @@ pub enum Command {
     },
     /// Boot-test an image: run the tests under vm-tests/ inside VMs of it.
     VmTest(vm::VmTestArgs),
+    /// Bring a fleet of nodes up or down (the qemu provider's VMs, and HAProxy).
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
+    },
+    /// Roll a commit across a fleet, a batch at a time, behind its load balancer.
+    Rollout {
+        #[command(subcommand)]
+        command: fleet::RolloutCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish).
     Completions(docs::CompletionsArgs),
     /// Write man pages for cairn and every command.
@@ -76,6 +87,8 @@ pub fn run(command: Command) -> Result<()> {
         Command::Build(a) => image::image(a, true),
         Command::Vm { command } => vm::vm(command),
         Command::VmTest(a) => vm::vm_test(a),
+        Command::Fleet { command } => fleet::fleet(command),
+        Command::Rollout { command } => fleet::rollout(command),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
         Command::Release(c) => release::run(c),

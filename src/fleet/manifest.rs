@@ -24,6 +24,13 @@ struct RawFleet {
     service: Option<Spanned<RawService>>,
     load_balancer: Option<Spanned<RawLoadBalancer>>,
     policy: Option<Spanned<RawPolicy>>,
+    repo: Option<Spanned<RawRepo>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRepo {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +200,9 @@ pub struct Fleet {
     /// Where HAProxy listens for clients.
     pub listen: String,
     pub policy: Policy,
+    /// Where a rollout serves the repo while it runs, for nodes whose remote points at this
+    /// machine (`None`: the nodes' remote is served elsewhere).
+    pub repo_listen: Option<String>,
 }
 
 impl Fleet {
@@ -372,6 +382,17 @@ pub fn load(path: &Path) -> Result<Fleet> {
         Provider::Ssh { hosts } => hosts.len() as u32,
     };
     let policy = policy(raw.policy, size, &provider, &at, &file)?;
+    let repo_listen = match raw.repo {
+        None => None,
+        Some(r) => {
+            let r_at = at(r.span().start);
+            match r.into_inner().listen {
+                Some(l) if l.parse::<std::net::SocketAddr>().is_ok() => Some(l),
+                Some(l) => bail!("{r_at}: key `repo.listen`: {l:?} is not an address:port"),
+                None => bail!("{r_at}: key `repo.listen` is missing"),
+            }
+        }
+    };
     Ok(Fleet {
         path: path.to_path_buf(),
         name: n.clone(),
@@ -379,6 +400,7 @@ pub fn load(path: &Path) -> Result<Fleet> {
         service,
         listen,
         policy,
+        repo_listen,
     })
 }
 

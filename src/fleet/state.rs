@@ -22,8 +22,9 @@ pub enum NodeStep {
     Upgrading,
     /// Rebooting into it (the boot id it had before).
     Rebooting { boot_id: String },
-    /// Waiting for the node's own verdict and the service's health.
-    Verifying,
+    /// Waiting for the node's own verdict (on a boot other than `boot_id`) and the service's
+    /// health.
+    Verifying { boot_id: String },
     /// Back in the load balancer, watched for the bake time.
     Baking,
     /// On the new commit and serving.
@@ -32,8 +33,12 @@ pub enum NodeStep {
     Creating,
     /// An old node (replace) drained and discarded.
     Removed,
-    /// It failed: the reason, and whether it rolled itself back.
-    Failed { reason: String, rolled_back: bool },
+    /// It failed: the reason, whether it rolled itself back, and whether it serves again.
+    Failed {
+        reason: String,
+        rolled_back: bool,
+        in_service: bool,
+    },
     /// Returned to the previous commit (`on-failure = "rollback"`).
     Reverted,
 }
@@ -46,8 +51,11 @@ impl NodeStep {
             NodeStep::Draining
                 | NodeStep::Upgrading
                 | NodeStep::Rebooting { .. }
-                | NodeStep::Verifying
-                | NodeStep::Failed { .. }
+                | NodeStep::Verifying { .. }
+                | NodeStep::Failed {
+                    in_service: false,
+                    ..
+                }
         )
     }
 
@@ -58,7 +66,7 @@ impl NodeStep {
             NodeStep::Draining
                 | NodeStep::Upgrading
                 | NodeStep::Rebooting { .. }
-                | NodeStep::Verifying
+                | NodeStep::Verifying { .. }
                 | NodeStep::Baking
                 | NodeStep::Creating
         )
@@ -70,7 +78,7 @@ impl NodeStep {
             NodeStep::Draining => "draining",
             NodeStep::Upgrading => "upgrading",
             NodeStep::Rebooting { .. } => "rebooting",
-            NodeStep::Verifying => "verifying",
+            NodeStep::Verifying { .. } => "verifying",
             NodeStep::Baking => "baking",
             NodeStep::Done => "done",
             NodeStep::Creating => "creating",
@@ -85,6 +93,9 @@ impl NodeStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
+    /// An old node the rollout replaces, or a new one it made (replace).
+    #[serde(default)]
+    pub role: Role,
     pub step: NodeStep,
     /// The commit and version it was on when the rollout found it.
     pub from_commit: String,
@@ -94,6 +105,17 @@ pub struct Node {
     pub version: String,
     /// The last health seen (`healthy`, `unhealthy: …`, `unknown`).
     pub health: String,
+}
+
+/// A node's part in a replace rollout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A node that was there (updated in place, or replaced).
+    #[default]
+    Existing,
+    /// A node the rollout made from the newest image.
+    New,
 }
 
 /// The rollout as a whole.
@@ -198,6 +220,7 @@ mod tests {
     fn node(name: &str, step: NodeStep) -> Node {
         Node {
             name: name.into(),
+            role: Role::Existing,
             step,
             from_commit: "a".into(),
             from_version: "1.0".into(),

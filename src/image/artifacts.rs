@@ -207,6 +207,53 @@ pub fn stream_metadata(r: &Release, arch: &str) -> serde_json::Value {
     })
 }
 
+/// One image of a stream, as its stream metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamImage {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub version: String,
+    pub commit: String,
+    pub ref_: String,
+}
+
+/// The newest image of stream `name` in `dir` (its `NAME.stream.json`), in `platform` and
+/// `format` (`qemu`, `qcow2`), checked against the digest the metadata gives.
+pub fn newest_image(dir: &Path, name: &str, platform: &str, format: &str) -> Result<StreamImage> {
+    let file = dir.join(format!("{name}.stream.json"));
+    let doc: serde_json::Value = serde_json::from_slice(
+        &fs_err::read(&file).context("reading the stream metadata (build the image first)")?,
+    )
+    .with_context(|| format!("{}: not JSON", file.display()))?;
+    let arch = &doc["architectures"][std::env::consts::ARCH];
+    let disk = &arch["artifacts"][platform]["formats"][format]["disk"];
+    let (Some(location), Some(sha256)) = (disk["location"].as_str(), disk["sha256"].as_str())
+    else {
+        anyhow::bail!(
+            "{}: no {platform} {format} image for {}",
+            file.display(),
+            std::env::consts::ARCH
+        );
+    };
+    let path = dir.join(location);
+    let actual = crate::base::digest::sha256_sparse(&path)?;
+    if actual != sha256 {
+        anyhow::bail!(
+            "{}: SHA-256 {actual}, but {} says {sha256}",
+            path.display(),
+            file.display()
+        );
+    }
+    let s = |k: &str| arch[k].as_str().unwrap_or_default().to_string();
+    Ok(StreamImage {
+        path,
+        sha256: sha256.to_string(),
+        version: s("version"),
+        commit: s("commit"),
+        ref_: s("ref"),
+    })
+}
+
 /// Write JSON atomically.
 pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     crate::base::tmp::write_atomic(path, &serde_json::to_vec_pretty(v)?)

@@ -304,6 +304,12 @@ fn convert(ctx: &Ctx) -> Result<ImageResult> {
         std::env::consts::ARCH,
     );
     artifacts::write_json(&stream, &doc)?;
+    // The stream's current document, as CoreOS publishes `stable.json`: what an auto-scaling
+    // group (or `cairn fleet`) reads to find the newest image of the stream.
+    artifacts::write_json(
+        &ctx.opts.out.join(format!("{}.stream.json", ctx.m.name)),
+        &doc,
+    )?;
     ph.done(&format!("{} artifacts", arts.len()));
     Ok(ImageResult {
         name: ctx.m.name.clone(),

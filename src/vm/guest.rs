@@ -49,6 +49,7 @@ impl Guest {
         let vm = Vm::start(spec, dir)?;
         Ok(Guest {
             ssh: Ssh {
+                host: "127.0.0.1".into(),
                 port: vm.ssh_port,
                 key: key.private.clone(),
                 user: "root".into(),

@@ -7,6 +7,7 @@
 //! power cycle, read for its boot id; the test harness and fleet rollouts drive VMs through it.
 
 pub mod console;
+pub mod detached;
 pub mod guest;
 pub mod run;
 pub mod seed;
@@ -140,6 +141,9 @@ pub enum Console {
     File(PathBuf),
     /// On this terminal, with QEMU's monitor on Ctrl-A c (`cairn vm run`).
     Terminal,
+    /// Into a log file, for a VM that reboots by itself as a machine does (a fleet node under
+    /// SeaBIOS): no power cycle, nobody to power it on again.
+    Log(PathBuf),
 }
 
 /// Everything needed to boot one VM.
@@ -204,14 +208,14 @@ pub struct Vm {
 }
 
 /// The overlay (or the image itself) and the UEFI variable store a VM boots with.
-struct Disks {
+pub(crate) struct Disks {
     disk: PathBuf,
     format: String,
     vars: Option<PathBuf>,
 }
 
 /// Make the VM's overlay and variable store in `dir`.
-fn prepare(spec: &Spec, dir: &Path) -> Result<Disks> {
+pub(crate) fn prepare(spec: &Spec, dir: &Path) -> Result<Disks> {
     let info = &spec.info;
     let disk = if spec.write_image {
         spec.image.clone()
@@ -254,7 +258,7 @@ fn prepare(spec: &Spec, dir: &Path) -> Result<Disks> {
 }
 
 /// The QEMU command line for `spec` on `d`, forwarding loopback ports to guest ports.
-fn qemu_cmd(spec: &Spec, d: &Disks, ports: &[(u16, u16)]) -> Cmd {
+pub(crate) fn qemu_cmd(spec: &Spec, d: &Disks, ports: &[(u16, u16)]) -> Cmd {
     let (disk, format) = (&d.disk, &d.format);
     let hostfwd: String = ports
         .iter()
@@ -301,12 +305,19 @@ fn qemu_cmd(spec: &Spec, d: &Disks, ports: &[(u16, u16)]) -> Cmd {
                 opt_path(path)
             ))
             .args(["-serial", "chardev:console0", "-no-reboot"]),
+        Console::Log(path) => c
+            .arg("-chardev")
+            .arg(format!(
+                "file,id=console0,path={},append=on",
+                opt_path(path)
+            ))
+            .args(["-serial", "chardev:console0"]),
         Console::Terminal => c.args(["-serial", "mon:stdio"]),
     }
 }
 
 /// SSH's forward first, then the spec's, each from a free loopback port.
-fn forwards(spec: &Spec) -> Result<Vec<(u16, u16)>> {
+pub(crate) fn forwards(spec: &Spec) -> Result<Vec<(u16, u16)>> {
     std::iter::once(22)
         .chain(spec.forwards.iter().copied().filter(|p| *p != 22))
         .map(|g| Ok((g, free_port()?)))

@@ -33,9 +33,11 @@ impl Key {
     }
 }
 
-/// How to reach one guest.
-#[derive(Debug, Clone)]
+/// How to reach one guest (or host).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ssh {
+    /// The address (a VM's forwarded port is on 127.0.0.1).
+    pub host: String,
     pub port: u16,
     pub key: PathBuf,
     pub user: String,
@@ -63,7 +65,7 @@ impl Ssh {
             ])
             .args(["-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5"])
             .args(["-o", "ServerAliveCountMax=4"])
-            .arg(format!("{}@127.0.0.1", self.user))
+            .arg(format!("{}@{}", self.user, self.host))
             .arg("--")
             .arg(remote)
     }
@@ -99,7 +101,8 @@ impl Ssh {
             };
             if Instant::now() > deadline {
                 bail!(
-                    "no SSH login on 127.0.0.1:{} in time (last: {last})",
+                    "no SSH login on {}:{} in time (last: {last})",
+                    self.host,
                     self.port
                 );
             }

@@ -1,0 +1,239 @@
+//! `cairn fleet up|down` and `cairn rollout start|status|pause|resume|abort`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::{print_json, say};
+use crate::fleet::manifest::Strategy;
+use crate::fleet::ops::{self, Paths, StartOpts};
+use crate::fleet::state::{Node, Rollout};
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Boot the fleet's nodes (qemu provider) and start HAProxy in front of them.
+    Up(FleetArgs),
+    /// Stop the fleet's HAProxy and its VMs.
+    Down(FleetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Move the fleet to a ref's commit, a batch at a time (resumes an unfinished rollout to
+    /// the same ref).
+    Start(StartArgs),
+    /// The rollout's state: per node its step, version and load-balancer state; the policy.
+    Status(StatusArgs),
+    /// Stop after the current batch.
+    Pause(OptFleetArgs),
+    /// Continue a paused or interrupted rollout.
+    Resume(OptFleetArgs),
+    /// Stop between two steps; nothing more is touched.
+    Abort(OptFleetArgs),
+}
+
+/// Where fleets, the repo and images are.
+#[derive(Debug, Args, Clone)]
+pub struct FleetPaths {
+    /// Where fleets keep their state (one directory each).
+    #[arg(long, default_value = "build/fleets")]
+    pub fleets: PathBuf,
+    /// The repo the nodes pull from (served while a rollout runs when the manifest says so).
+    #[arg(long, default_value = "build/repo")]
+    pub repo: PathBuf,
+    /// Where images and stream metadata are (the qemu provider boots the newest).
+    #[arg(long, default_value = "build/images")]
+    pub images: PathBuf,
+}
+
+impl FleetPaths {
+    fn paths(&self) -> Paths {
+        Paths {
+            fleets: self.fleets.clone(),
+            repo: self.repo.clone(),
+            images: self.images.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// The fleet manifest (e.g. manifests/fleet-example.toml).
+    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub paths: FleetPaths,
+}
+
+#[derive(Debug, Args)]
+pub struct OptFleetArgs {
+    /// The fleet manifest (default: the one fleet that is up).
+    pub manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub paths: FleetPaths,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The fleet manifest.
+    pub manifest: PathBuf,
+    /// The ref whose commit the nodes move to.
+    #[arg(long)]
+    pub to: String,
+    /// Overrides the manifest's `policy.strategy`.
+    #[arg(long, value_parser = ["in-place", "replace"])]
+    pub strategy: Option<String>,
+    #[command(flatten)]
+    pub paths: FleetPaths,
+    /// Print the final state as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The fleet manifest (default: the one fleet that is up).
+    pub manifest: Option<PathBuf>,
+    #[command(flatten)]
+    pub paths: FleetPaths,
+    #[arg(long)]
+    pub json: bool,
+    /// Print it again every 2 seconds until the rollout ends.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+pub fn fleet(c: FleetCommand) -> Result<()> {
+    match c {
+        FleetCommand::Up(a) => {
+            let rec = ops::up(&a.manifest, &a.paths.paths())?;
+            for n in &rec.nodes {
+                say(format_args!(
+                    "{} ssh -p {} root@{} service {}",
+                    n.name, n.ssh.port, n.ssh.host, n.service
+                ))?;
+            }
+            Ok(())
+        }
+        FleetCommand::Down(a) => ops::down(&a.manifest, &a.paths.paths()),
+    }
+}
+
+fn manifest(m: Option<PathBuf>, p: &Paths) -> Result<PathBuf> {
+    match m {
+        Some(m) => Ok(m),
+        None => ops::current_manifest(p),
+    }
+}
+
+/// One line per node step; a bar of the nodes done on a terminal.
+fn progress(quiet: bool) -> impl Fn(&Rollout, &Node) + Sync {
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} nodes done {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    move |r: &Rollout, n: &Node| {
+        let line = format!(
+            "{}: {} ({} {})",
+            n.name,
+            n.step.word(),
+            n.version,
+            &n.commit[..12.min(n.commit.len())]
+        );
+        match &bar {
+            Some(b) => {
+                b.set_length(r.nodes.len() as u64);
+                b.set_position(r.nodes.iter().filter(|x| x.step.word() == "done").count() as u64);
+                b.println(line);
+            }
+            None => tracing::info!("{line}"),
+        }
+    }
+}
+
+pub fn rollout(c: RolloutCommand) -> Result<()> {
+    match c {
+        RolloutCommand::Start(a) => {
+            let strategy = a.strategy.as_deref().and_then(Strategy::parse);
+            let o = StartOpts {
+                to_ref: a.to.clone(),
+                strategy,
+                command: format!("cairn rollout start {} --to {}", a.manifest.display(), a.to),
+            };
+            let r = ops::start(&a.manifest, &a.paths.paths(), &o, &progress(a.json))?;
+            report(&r, a.json)
+        }
+        RolloutCommand::Resume(a) => {
+            let p = a.paths.paths();
+            let m = manifest(a.manifest, &p)?;
+            let r = ops::resume(
+                &m,
+                &p,
+                &format!("cairn rollout resume {}", m.display()),
+                &progress(false),
+            )?;
+            report(&r, false)
+        }
+        RolloutCommand::Pause(a) => {
+            let p = a.paths.paths();
+            ops::signal(&manifest(a.manifest, &p)?, &p, "pause")
+        }
+        RolloutCommand::Abort(a) => {
+            let p = a.paths.paths();
+            ops::signal(&manifest(a.manifest, &p)?, &p, "abort")
+        }
+        RolloutCommand::Status(a) => {
+            let p = a.paths.paths();
+            let m = manifest(a.manifest, &p)?;
+            loop {
+                let s = ops::status(&m, &p)?;
+                if a.json {
+                    print_json(&s)?;
+                } else {
+                    say(format_args!("{s}"))?;
+                }
+                let over = s.rollout.as_ref().is_none_or(|r| r.finished());
+                if !a.watch || over {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                crate::base::interrupt::check()?;
+            }
+        }
+    }
+}
+
+/// The end of a rollout: the state, and an error when it did not finish.
+fn report(r: &Rollout, json: bool) -> Result<()> {
+    if json {
+        print_json(r)?;
+    } else {
+        for n in &r.nodes {
+            say(format_args!("{} {} {}", n.name, n.step.word(), n.version))?;
+        }
+        say(format_args!(
+            "{:?}{}",
+            r.phase,
+            r.reason
+                .as_ref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        ))?;
+    }
+    match r.phase {
+        crate::fleet::state::Phase::Done | crate::fleet::state::Phase::Paused => Ok(()),
+        _ => anyhow::bail!(
+            "the rollout of {} to {} {:?}: {}",
+            r.fleet,
+            r.to_ref,
+            r.phase,
+            r.reason.as_deref().unwrap_or("")
+        ),
+    }
+}
