@@ -83,12 +83,12 @@ pub fn run(ctx: &Ctx) -> Result<Rollout> {
         );
         let batch = match step {
             Next::Done => {
-                return set_phase(ctx, Phase::Done);
+                return ctx.set_phase(Phase::Done, None);
             }
             Next::Finish(names) => names,
             Next::Remove(names) => {
                 for n in &names {
-                    set_step(ctx, n, NodeStep::Draining)?;
+                    ctx.step(n, NodeStep::Draining)?;
                 }
                 names
             }
@@ -97,8 +97,13 @@ pub fn run(ctx: &Ctx) -> Result<Rollout> {
                     .exists()
                     .then(|| std::fs::read_to_string(super::rollout::control_path(&ctx.dir)))
                 {
-                    Some(Ok(c)) if c.trim() == "pause" => return set_phase(ctx, Phase::Paused),
-                    Some(Ok(c)) if c.trim() == "abort" => return set_phase(ctx, Phase::Aborted),
+                    Some(Ok(c)) if c.trim() == "pause" => {
+                        return ctx.set_phase(Phase::Paused, None)
+                    }
+                    Some(Ok(c)) if c.trim() == "abort" => {
+                        return ctx
+                            .set_phase(Phase::Aborted, Some("aborted by the operator".into()))
+                    }
                     _ => {}
                 }
                 let mut names = Vec::new();
@@ -122,27 +127,6 @@ pub fn run(ctx: &Ctx) -> Result<Rollout> {
 
 fn poisoned() -> anyhow::Error {
     anyhow::anyhow!("internal: a lock was poisoned")
-}
-
-fn set_phase(ctx: &Ctx, phase: Phase) -> Result<Rollout> {
-    let r = {
-        let mut s = ctx.state.lock().map_err(|_| poisoned())?;
-        s.phase = phase;
-        s.clone()
-    };
-    ctx.store.save(&r)?;
-    Ok(r)
-}
-
-fn set_step(ctx: &Ctx, name: &str, step: NodeStep) -> Result<()> {
-    let r = {
-        let mut s = ctx.state.lock().map_err(|_| poisoned())?;
-        if let Some(n) = s.node_mut(name) {
-            n.step = step;
-        }
-        s.clone()
-    };
-    ctx.store.save(&r)
 }
 
 /// Record a new node about to be made (before it is, so that a resumed rollout knows of it).
@@ -182,10 +166,8 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
             .clone();
         match node.step {
             NodeStep::Creating => {
-                let rec = ctx.provider.lock().map_err(|_| poisoned())?.create(name)?;
-                let _ = rec;
-                set_step(
-                    ctx,
+                ctx.provider.lock().map_err(|_| poisoned())?.create(name)?;
+                ctx.step(
                     name,
                     NodeStep::Verifying {
                         boot_id: String::new(),
@@ -193,37 +175,32 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
                 )?;
             }
             NodeStep::Verifying { boot_id } => {
-                let rec = node_record(ctx, name)?;
+                let rec = ctx.node_record(name)?;
                 let st = agent::await_verdict(
                     name,
                     &rec.ssh,
                     &boot_id,
                     &r.to_commit,
                     deadline,
-                    &|| ctx.provider.lock().is_ok_and(|p| p.alive(name)),
+                    &|| ctx.alive(name),
                 )?;
                 agent::await_healthy(&rec.service, &ctx.fleet.service, deadline)?;
                 if ctx.lb.server(name).is_err() {
                     ctx.lb.add_server(name, &rec.service)?;
                 }
-                let r = {
-                    let mut s = ctx.state.lock().map_err(|_| poisoned())?;
-                    if let Some(n) = s.node_mut(name) {
-                        n.commit = st.commit.clone();
-                        n.version = st.version.clone();
-                        n.health = "healthy".into();
-                        n.step = NodeStep::Baking;
-                    }
-                    s.clone()
-                };
-                ctx.store.save(&r)?;
+                ctx.set(name, |n| {
+                    n.commit = st.commit.clone();
+                    n.version = st.version.clone();
+                    n.health = "healthy".into();
+                    n.step = NodeStep::Baking;
+                })?;
             }
             NodeStep::Baking => {
-                let rec = node_record(ctx, name)?;
+                let rec = ctx.node_record(name)?;
                 ctx.lb.set_state(name, LbState::Ready)?;
                 ctx.lb.wait_up(name, Duration::from_secs(60))?;
                 bake(ctx, name, &rec)?;
-                set_step(ctx, name, NodeStep::Done)?;
+                ctx.step(name, NodeStep::Done)?;
             }
             NodeStep::Draining => {
                 if let Err(e) = ctx.lb.drain(name, policy.drain_timeout) {
@@ -233,23 +210,13 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
                     ctx.lb.del_server(name)?;
                 }
                 ctx.provider.lock().map_err(|_| poisoned())?.destroy(name)?;
-                set_step(ctx, name, NodeStep::Removed)?;
+                ctx.step(name, NodeStep::Removed)?;
             }
             NodeStep::Done | NodeStep::Removed | NodeStep::Reverted => return Ok(()),
             NodeStep::Failed { reason, .. } => anyhow::bail!("{reason}"),
             other => anyhow::bail!("internal: {name} is {} in a replace rollout", other.word()),
         }
     }
-}
-
-fn node_record(ctx: &Ctx, name: &str) -> Result<super::provider::NodeRecord> {
-    ctx.provider
-        .lock()
-        .map_err(|_| poisoned())?
-        .nodes()?
-        .into_iter()
-        .find(|n| n.name == name)
-        .with_context(|| format!("the provider has no node {name}"))
 }
 
 #[cfg(test)]

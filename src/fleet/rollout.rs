@@ -56,7 +56,7 @@ fn control(dir: &Path) -> Option<String> {
 }
 
 impl Ctx<'_> {
-    fn node_record(&self, name: &str) -> Result<NodeRecord> {
+    pub(super) fn node_record(&self, name: &str) -> Result<NodeRecord> {
         let p = self
             .provider
             .lock()
@@ -67,11 +67,11 @@ impl Ctx<'_> {
             .with_context(|| format!("the provider has no node {name}"))
     }
 
-    fn alive(&self, name: &str) -> bool {
+    pub(super) fn alive(&self, name: &str) -> bool {
         self.provider.lock().is_ok_and(|p| p.alive(name))
     }
 
-    fn snapshot(&self) -> Result<Rollout> {
+    pub(super) fn snapshot(&self) -> Result<Rollout> {
         self.state
             .lock()
             .map(|s| s.clone())
@@ -79,7 +79,7 @@ impl Ctx<'_> {
     }
 
     /// Change one node and persist the whole state (and an audit line).
-    fn set(&self, name: &str, f: impl FnOnce(&mut Node)) -> Result<()> {
+    pub(super) fn set(&self, name: &str, f: impl FnOnce(&mut Node)) -> Result<()> {
         let (r, node) = {
             let mut s = self
                 .state
@@ -106,11 +106,11 @@ impl Ctx<'_> {
         audit::append(&self.repo, &[e])
     }
 
-    fn step(&self, name: &str, step: NodeStep) -> Result<()> {
+    pub(super) fn step(&self, name: &str, step: NodeStep) -> Result<()> {
         self.set(name, |n| n.step = step)
     }
 
-    fn set_phase(&self, phase: Phase, reason: Option<String>) -> Result<Rollout> {
+    pub(super) fn set_phase(&self, phase: Phase, reason: Option<String>) -> Result<Rollout> {
         let r = {
             let mut s = self
                 .state
