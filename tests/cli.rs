@@ -69,6 +69,18 @@ fn shipped_treefiles_parse() {
 }
 
 #[test]
+fn shipped_manifests_parse() {
+    for m in ["qemu", "app-example"] {
+        let m = cairn::image::manifest::load(Path::new(&format!("manifests/{m}.toml"))).unwrap();
+        assert!(m.name.starts_with("cairn-"));
+    }
+    let f = cairn::fleet::manifest::load(Path::new("manifests/fleet-example.toml")).unwrap();
+    assert_eq!(f.size(), 3);
+    assert_eq!(f.policy.max_unavailable, 1);
+    assert!(f.repo_listen.is_some());
+}
+
+#[test]
 fn diff_and_sbom_need_a_repo() {
     let d = tempfile::tempdir().unwrap();
     let out = cairn()
