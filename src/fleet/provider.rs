@@ -169,7 +169,7 @@ impl Qemu {
             cpus: 1,
             disk_size: None,
             seed: Some(seed_img),
-            accel: crate::vm::accel(&ndir),
+            accel: crate::vm::accel(&ndir, &img.path),
             console: Console::Log(ndir.join("console.log")),
             write_image: false,
             forwards: vec![self.service_port],

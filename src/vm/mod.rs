@@ -48,24 +48,74 @@ impl Accel {
     }
 }
 
-/// The accelerator to use: KVM only if a guest really runs under it. On some machines /dev/kvm
-/// exists but hangs guests, so the probe boots a one-sector guest that exits QEMU through the
-/// isa-debug-exit port, with a short timeout. Probed once per process.
-pub fn accel(work: &Path) -> Accel {
+/// The accelerator to use for `image`: KVM only if a guest really runs under it. On some
+/// machines /dev/kvm exists but fails or hangs guests: QEMU's own probe guest (one sector that
+/// exits through the isa-debug-exit port) catches some of them; on others it runs and the real
+/// kernel then dies with "KVM internal error … emulation failure". So the image itself is booted
+/// too, from a throwaway snapshot with the VMs' own machine and CPU, and KVM is chosen only when
+/// its kernel reaches the initramfs (`Run /init`) in time. Probed once per process.
+pub fn accel(work: &Path, image: &Path) -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
     *ACCEL.get_or_init(|| {
         if !Path::new("/dev/kvm").exists() {
             tracing::info!("no /dev/kvm: QEMU runs guests with TCG");
             return Accel::Tcg;
         }
-        match probe(work, Accel::Kvm, Duration::from_secs(10)) {
-            Ok(()) => Accel::Kvm,
+        let r = probe(work, Accel::Kvm, Duration::from_secs(10))
+            .and_then(|()| probe_image(work, image, Duration::from_secs(60)));
+        match r {
+            Ok(()) => {
+                tracing::info!("KVM runs this image's kernel: using KVM");
+                Accel::Kvm
+            }
             Err(e) => {
                 tracing::info!("KVM does not run guests here ({e:#}); using TCG");
                 Accel::Tcg
             }
         }
     })
+}
+
+/// Boot `image` under KVM from a snapshot (nothing is written to it) until its kernel runs the
+/// initramfs; an error naming what went wrong otherwise.
+pub fn probe_image(work: &Path, image: &Path, limit: Duration) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("kvm-image-probe")
+        .tempdir_in(work)
+        .with_context(|| format!("could not make a directory in {}", work.display()))?;
+    let console = dir.path().join("console.log");
+    let log = dir.path().join("qemu.log");
+    let mut qemu = Cmd::new("qemu-system-x86_64")
+        .args(machine_args(Accel::Kvm, "q35"))
+        .args(["-m", "512", "-display", "none", "-snapshot", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("if=virtio,file={}", opt_path(image)))
+        .arg("-chardev")
+        .arg(format!("file,id=console0,path={}", opt_path(&console)))
+        .args(["-serial", "chardev:console0"])
+        .spawn_logged(&log)?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if text.contains("Run /init as init process") {
+            return Ok(());
+        }
+        let qlog = std::fs::read_to_string(&log).unwrap_or_default();
+        if qlog.contains("KVM internal error") || qemu.check_running().is_err() {
+            bail!(
+                "the image's guest failed under KVM: {}",
+                crate::base::text::tail(&qlog, 3, " / ")
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the image's kernel did not reach its initramfs under KVM in {} s",
+                limit.as_secs()
+            );
+        }
+        crate::base::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// The exit status QEMU gives when the probe guest writes 1 to the isa-debug-exit port.

@@ -174,7 +174,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
         .with_context(|| format!("could not make a work directory in {}", opts.out.display()))?;
     let accel = match opts.accel {
         Some(a) => a,
-        None => vm::accel(work.path()),
+        None => vm::accel(work.path(), &opts.image),
     };
     let server = opts.repo.as_deref().map(RepoServer::start).transpose()?;
     let key = Key::generate(work.path())?;
