@@ -20,7 +20,8 @@ pub struct LoadReport {
     pub failures: BTreeMap<String, u64>,
     /// The first few failures, with the time since the start.
     pub examples: Vec<String>,
-    /// Successful responses by the first line of their body (the version page shows it).
+    /// Successful responses by the line of their body that names a version (the first line
+    /// when none does).
     pub bodies: BTreeMap<String, u64>,
     pub seconds: f64,
 }
@@ -117,7 +118,13 @@ fn one(agent: &ureq::Agent, url: &str) -> Result<String, (String, String)> {
             let body = resp
                 .into_string()
                 .map_err(|e| ("read".to_string(), e.to_string()))?;
-            Ok(body.lines().next().unwrap_or("").chars().take(80).collect())
+            // The line that names a version (the app's page shows it), else the first.
+            let line = body
+                .lines()
+                .find(|l| l.contains("version"))
+                .or_else(|| body.lines().next())
+                .unwrap_or("");
+            Ok(line.trim().chars().take(80).collect())
         }
         Err(ureq::Error::Status(code, _)) => Err((format!("http {code}"), url.to_string())),
         Err(ureq::Error::Transport(t)) => {
