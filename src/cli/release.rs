@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+use super::{print_json, say};
 use crate::release::sign::SignOpts;
-use crate::release::{audit, history, key, promote, prune, publish, serve};
-use crate::store;
+use crate::release::{history, key, promote, prune, serve};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -151,11 +151,6 @@ pub struct LogArgs {
     pub json: bool,
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 /// Run a release command.
 pub fn run(c: Command) -> Result<()> {
     match c {
@@ -166,7 +161,7 @@ pub fn run(c: Command) -> Result<()> {
             if a.json {
                 print_json(&k)
             } else {
-                println!("{}", key::advice(&k));
+                say(format_args!("{}", key::advice(&k)))?;
                 Ok(())
             }
         }
@@ -174,7 +169,7 @@ pub fn run(c: Command) -> Result<()> {
         Command::Repo {
             command: RepoCommand::Serve(a),
         } => serve::serve(&a.repo.repo, &a.listen, &|url| {
-            println!("serving {} at {url}", a.repo.repo.display())
+            let _ = say(format_args!("serving {} at {url}", a.repo.repo.display()));
         }),
         Command::Promote(a) => {
             let m = promote::promote(&a.common.repo.repo, &a.from, &a.to, a.force, &a.common.sign)?;
@@ -182,15 +177,18 @@ pub fn run(c: Command) -> Result<()> {
                 print_json(&m)
             } else {
                 if m.unchanged {
-                    println!("{} already has {}'s commit ({})", a.to, a.from, m.new);
+                    say(format_args!(
+                        "{} already has {}'s commit ({})",
+                        a.to, a.from, m.new
+                    ))?;
                 } else {
-                    println!(
+                    say(format_args!(
                         "promoted {} to {}: {} (version {})",
                         a.from,
                         a.to,
                         m.new,
                         m.version.as_deref().unwrap_or("-")
-                    );
+                    ))?;
                 }
                 Ok(())
             }
@@ -202,23 +200,23 @@ pub fn run(c: Command) -> Result<()> {
             }
             let verb = if r.dry_run { "would remove" } else { "removed" };
             for x in &r.removed {
-                println!(
+                say(format_args!(
                     "{verb} {} {} ({})",
                     x.ref_.as_deref().unwrap_or("(no ref)"),
                     x.commit,
                     x.version.as_deref().unwrap_or("-")
-                );
+                ))?;
             }
             for d in &r.deltas {
-                println!("{verb} static delta {d}");
+                say(format_args!("{verb} static delta {d}"))?;
             }
-            println!(
+            say(format_args!(
                 "{verb} {} commits, {} deltas, {} objects ({} bytes)",
                 r.removed.len(),
                 r.deltas.len(),
                 r.objects,
                 r.bytes
-            );
+            ))?;
             Ok(())
         }
         Command::Retire(a) => {
@@ -232,10 +230,10 @@ pub fn run(c: Command) -> Result<()> {
             if a.common.json {
                 print_json(&m)
             } else {
-                println!(
+                say(format_args!(
                     "retired {}: {} carries the end of life, nodes move to {}",
                     a.ref_, m.new, a.rebase_to
-                );
+                ))?;
                 Ok(())
             }
         }
@@ -244,51 +242,22 @@ pub fn run(c: Command) -> Result<()> {
             if a.json {
                 print_json(&h)
             } else {
-                print!("{h}");
+                say(format_args!("{}", h.to_string().trim_end()))?;
                 Ok(())
             }
         }
     }
 }
 
-/// What `cairn sign` did.
-#[derive(serde::Serialize)]
-struct Signed {
-    commit: String,
-    key: String,
-    already: bool,
-}
-
 fn sign(a: SignArgs) -> Result<()> {
-    let path = &a.common.repo.repo;
-    let r = store::open(path)?;
-    let commit = store::resolve(&r, &a.rev)?;
-    let s = a.common.sign.required(&r)?;
-    let already = s.signed(&r, &commit)?;
-    if !already {
-        s.sign_commit(&r, &commit)?;
-        publish::refresh_deltas_to(&r, &commit)?;
-        crate::release::sign::record_key(&r, &s)?;
-        publish::summary(&r, Some(&s))?;
-        let version = store::load_commit(&r, &commit)?.meta.version;
-        let ref_ = (a.rev != commit).then_some(a.rev.as_str());
-        let e = crate::release::sign_entry(ref_, &commit, version, &s);
-        audit::append(path, &[e])?;
-    }
-    let out = Signed {
-        commit,
-        key: s.key.fingerprint,
-        already,
-    };
+    let out = crate::release::sign_rev(&a.common.repo.repo, &a.rev, &a.common.sign)?;
     if a.common.json {
-        print_json(&out)
-    } else {
-        let what = if already {
-            "already signed by"
-        } else {
-            "signed with"
-        };
-        println!("{} {what} {}", out.commit, out.key);
-        Ok(())
+        return print_json(&out);
     }
+    let what = if out.already {
+        "already signed by"
+    } else {
+        "signed with"
+    };
+    say(format_args!("{} {what} {}", out.commit, out.key))
 }

@@ -35,3 +35,40 @@ pub(crate) fn sign_entry(
     e.version = version;
     e
 }
+
+/// What `cairn sign` did.
+#[derive(Debug, serde::Serialize)]
+pub struct Signed {
+    pub commit: String,
+    pub key: String,
+    /// It carried the key's signature already; nothing was written.
+    pub already: bool,
+}
+
+/// Sign `rev`'s commit with the release key (`opts`), then refresh the deltas into it, sign the
+/// summary and record it in the audit log.
+pub fn sign_rev(
+    repo_path: &std::path::Path,
+    rev: &str,
+    opts: &sign::SignOpts,
+) -> anyhow::Result<Signed> {
+    let r = crate::store::open(repo_path)?;
+    let commit = crate::store::resolve(&r, rev)?;
+    let s = opts.required(&r)?;
+    let already = s.signed(&r, &commit)?;
+    if !already {
+        s.sign_commit(&r, &commit)?;
+        publish::refresh_deltas_to(&r, &commit)?;
+        sign::record_key(&r, &s)?;
+        publish::summary(&r, Some(&s))?;
+        let version = crate::store::load_commit(&r, &commit)?.meta.version;
+        let ref_ = (rev != commit).then_some(rev);
+        let e = sign_entry(ref_, &commit, version, &s);
+        audit::append(repo_path, &[e])?;
+    }
+    Ok(Signed {
+        commit,
+        key: s.key.fingerprint,
+        already,
+    })
+}

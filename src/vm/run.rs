@@ -50,7 +50,9 @@ pub fn run_interactive(o: &RunOpts) -> Result<()> {
         cpus: o.cpus,
         disk_size: o.disk_size,
         seed: Some(seed_img),
-        accel: o.accel.unwrap_or_else(|| super::accel(dir.path(), &o.image)),
+        accel: o
+            .accel
+            .unwrap_or_else(|| super::accel(dir.path(), &o.image)),
         console: Console::Terminal,
         write_image: o.write_image,
         forwards: Vec::new(),
