@@ -53,7 +53,8 @@ impl Accel {
 /// exits through the isa-debug-exit port) catches some of them; on others it runs and the real
 /// kernel then dies with "KVM internal error … emulation failure". So the image itself is booted
 /// too, from a throwaway snapshot with the VMs' own machine and CPU, and KVM is chosen only when
-/// its kernel reaches the initramfs (`Run /init`) in time. Probed once per process.
+/// its kernel reaches the initramfs (`Run /init`) in time. Probed once per boot of the machine
+/// (the answer is kept in the temporary directory, named by the boot id).
 pub fn accel(work: &Path, image: &Path) -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
     *ACCEL.get_or_init(|| {
@@ -61,9 +62,22 @@ pub fn accel(work: &Path, image: &Path) -> Accel {
             tracing::info!("no /dev/kvm: QEMU runs guests with TCG");
             return Accel::Tcg;
         }
+        // What an earlier process found since this machine booted (a probe costs up to a
+        // minute when KVM fails).
+        let note = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| std::env::temp_dir().join(format!("cairn-accel-{}", b.trim())))
+            .ok();
+        match note.as_ref().and_then(|n| std::fs::read_to_string(n).ok()).as_deref() {
+            Some("kvm") => return Accel::Kvm,
+            Some("tcg") => {
+                tracing::info!("KVM did not run guests on this boot of the machine; using TCG");
+                return Accel::Tcg;
+            }
+            _ => {}
+        }
         let r = probe(work, Accel::Kvm, Duration::from_secs(10))
             .and_then(|()| probe_image(work, image, Duration::from_secs(60)));
-        match r {
+        let a = match r {
             Ok(()) => {
                 tracing::info!("KVM runs this image's kernel: using KVM");
                 Accel::Kvm
@@ -72,7 +86,11 @@ pub fn accel(work: &Path, image: &Path) -> Accel {
                 tracing::info!("KVM does not run guests here ({e:#}); using TCG");
                 Accel::Tcg
             }
+        };
+        if let Some(n) = note {
+            let _ = std::fs::write(n, a.as_str());
         }
+        a
     })
 }
 
