@@ -18,6 +18,8 @@ pub struct NodeStatus {
     pub version: String,
     /// The ref its deployment follows.
     pub ref_: String,
+    /// The commit the next boot starts (the default deployment): the new one once deployed.
+    pub default_commit: String,
     /// The node's verdict on this boot: `good`, `trial`, `failed`, or `unknown`.
     pub verdict: String,
     /// Its last automatic rollback: the commit that failed, and why.
@@ -48,6 +50,10 @@ pub fn parse_status(boot_id: &str, json: &str) -> Result<NodeStatus> {
         commit: s(&booted["commit"]),
         version: s(&booted["version"]),
         ref_: s(&booted["ref"]),
+        default_commit: v["deployments"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["index"] == 0))
+            .map_or_else(|| s(&booted["commit"]), |d| s(&d["commit"])),
         verdict: match v["verdict"].as_str() {
             Some(x) => x.to_string(),
             None => "unknown".into(),
@@ -196,6 +202,13 @@ mod tests {
         assert_eq!(st.commit, "c2");
         assert_eq!(st.verdict, "good");
         assert_eq!(st.last_rollback.unwrap().0, "c3");
+        assert_eq!(st.default_commit, "c2", "no deployments listed: the booted one");
+        let st = parse_status(
+            "b1",
+            r#"{"booted":{"commit":"c1"},"deployments":[{"index":0,"commit":"c2"},{"index":1,"commit":"c1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(st.default_commit, "c2");
         let st = parse_status("b1", r#"{"booted":{"commit":"c1"}}"#).unwrap();
         assert_eq!(st.verdict, "unknown");
         assert!(st.last_rollback.is_none());
