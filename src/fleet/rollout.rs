@@ -292,7 +292,10 @@ fn in_place(ctx: &Ctx, name: &str) -> Result<()> {
                     )?;
                     continue;
                 }
-                agent::deploy(&rec.ssh, &st.ref_, &r.to_ref, policy.node_timeout)?;
+                // Deployed already when a killed rollout got that far; otherwise deploy now.
+                if st.default_commit != r.to_commit {
+                    agent::deploy(&rec.ssh, &st.ref_, &r.to_ref, policy.node_timeout)?;
+                }
                 ctx.step(
                     name,
                     NodeStep::Rebooting {
