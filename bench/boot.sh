@@ -11,7 +11,9 @@
 # `systemd-analyze blame` and `critical-chain`, stay in WORKDIR.
 # BENCH_IMAGE=… boots that image instead of building the shipped one (`cairn build`, a no-op
 # when nothing changed); BENCH_BYHAND_IMAGE=… boots that qcow2 instead of running by-hand.sh.
-# Usage: bench/boot.sh [WORKDIR]   (needs root; about 5 minutes, 10 when it builds both images)
+# BENCH_ROUNDS=N alternates N rounds of the three boots and prints the medians.
+# Usage: bench/boot.sh [WORKDIR]   (needs root; about 5 minutes a round on a quiet machine, 10 more
+# when it builds both images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -106,42 +108,55 @@ phases() {
     done; echo "uptime $(cut -d" " -f1 /proc/uptime)"' >"$w/$1.phases.txt"
 }
 
-echo "by-hand host: QEMU start → login prompt..." >&2
-overlay byhand "$byhand"
-start=$(now); power_on byhand
-until grep -q 'login:' "$w/byhand.console" 2>/dev/null; do
-  alive byhand
-  [ "$(since "$start" | cut -d. -f1)" -lt "$limit" ] || { echo "by-hand: no login prompt after $limit s" >&2; exit 1; }
-  sleep 0.2
-done
-byhand_login=$(since "$start")
-stop_qemu
+# One round: the by-hand host, then the shipped image's first boot (a fresh overlay) and reboot.
+# BENCH_ROUNDS rounds alternate the two, so that a change in the machine's load reaches both;
+# the figures are then the medians.
+rounds=${BENCH_ROUNDS:-1}
+for r in $(seq 1 "$rounds"); do
+  echo "round $r/$rounds: by-hand host, QEMU start → login prompt..." >&2
+  rm -f "$w/byhand.qcow2" "$w/byhand.console"
+  overlay byhand "$byhand"
+  start=$(now); power_on byhand
+  until grep -q 'login:' "$w/byhand.console" 2>/dev/null; do
+    alive byhand
+    [ "$(since "$start" | cut -d. -f1)" -lt "$limit" ] || { echo "by-hand: no login prompt after $limit s" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "byhand $(since "$start")" >>"$w/times.txt"
+  stop_qemu
 
-echo "shipped image: QEMU start → ready..." >&2
-overlay shipped "$image"
-start=$(now); power_on shipped
-first=$(wait_ready shipped "$start")
-phases first
-echo "shipped image: systemctl reboot → ready..." >&2
-start=$(now)
-guest 'systemctl reboot' || true
-while kill -0 "$qemu_pid" 2>/dev/null; do
-  [ "$(since "$start" | cut -d. -f1)" -lt "$limit" ] || { echo "the guest did not power off" >&2; exit 1; }
-  sleep 0.2
+  echo "round $r/$rounds: shipped image, QEMU start → ready..." >&2
+  rm -f "$w/shipped.qcow2"
+  overlay shipped "$image"
+  start=$(now); power_on shipped
+  echo "first $(wait_ready shipped "$start")" >>"$w/times.txt"
+  phases first
+  echo "round $r/$rounds: shipped image, systemctl reboot → ready..." >&2
+  start=$(now)
+  guest 'systemctl reboot' 2>/dev/null || true
+  while kill -0 "$qemu_pid" 2>/dev/null; do
+    [ "$(since "$start" | cut -d. -f1)" -lt "$limit" ] || { echo "the guest did not power off" >&2; exit 1; }
+    sleep 0.2
+  done
+  wait "$qemu_pid" || true
+  echo "down $(since "$start")" >>"$w/times.txt"
+  power_on shipped
+  echo "reboot $(wait_ready shipped "$start")" >>"$w/times.txt"
+  phases reboot
+  stop_qemu
 done
-wait "$qemu_pid" || true
-down=$(since "$start")
-power_on shipped
-reboot=$(wait_ready shipped "$start")
-phases reboot
-stop_qemu
 echo "load average at the end: $(load)" >>"$w/load.txt"
 
-python3 - "$w" "$byhand_login" "$first" "$reboot" "$down" "$accel" "$cpus" "$memory" <<'PY'
+python3 - "$w" "$accel" "$cpus" "$memory" <<'PY'
+import statistics
 import sys
-w = sys.argv[1]
-bh, first, reboot, down = map(float, sys.argv[2:6])
-accel, cpus, memory = sys.argv[6:9]
+w, accel, cpus, memory = sys.argv[1:5]
+times = {}
+for line in open(f"{w}/times.txt"):
+    k, v = line.split()
+    times.setdefault(k, []).append(float(v))
+bh, first, reboot, down = (statistics.median(times[k]) for k in ("byhand", "first", "reboot", "down"))
+rounds = len(times["byhand"])
 
 def phases(name):
     d, units = {}, {}
@@ -157,7 +172,7 @@ def phases(name):
                 units[parts[0]] = (int(parts[1]) / 1e6, int(parts[2]) / 1e6)
     return d, units
 
-def describe(name, total):
+def describe(name):
     d, units = phases(name)
     initrd, user, finish = d["InitRDTimestampMonotonic"], d["UserspaceTimestampMonotonic"], d["FinishTimestampMonotonic"]
     out = [f"kernel {initrd:.1f}", f"initramfs {user - initrd:.1f}"]
@@ -173,15 +188,19 @@ def describe(name, total):
         out += [f"system (no cloud-init ran) {finish - user:.1f}"]
     return f"  {name}, in the guest (s): " + "; ".join(out) + f"; startup finished at {finish:.1f} (guest clock)"
 
-print(f"QEMU: {accel}, q35, SeaBIOS, {cpus} vCPUs, {memory} MiB, virtio; one VM at a time")
-print(f"by-hand host: QEMU start -> login prompt          {bh:7.2f} s")
+print(f"QEMU: {accel}, q35, SeaBIOS, {cpus} vCPUs, {memory} MiB, virtio; one VM at a time; "
+      + (f"medians of {rounds} rounds" if rounds > 1 else "one round"))
+print(f"by-hand host: QEMU start -> login prompt           {bh:7.2f} s")
 rows = [("shipped image: first boot, QEMU start -> ready", first, 1.0),
         ("shipped image: reboot, systemctl reboot -> ready", reboot, 0.8)]
 for name, secs, target in rows:
     r = secs / bh
-    print(f"{name:<49} {secs:7.2f} s  ratio {r:5.2f}  target <= {target:.1f} x by-hand  {'met' if r <= target else 'MISSED'}")
+    print(f"{name:<50} {secs:7.2f} s  ratio {r:5.2f}  target <= {target:.1f} x by-hand  {'met' if r <= target else 'MISSED'}")
 print(f"  (the reboot: {down:.2f} s to power off, {reboot - down:.2f} s from power on to ready)")
-print(describe("first", first))
-print(describe("reboot", reboot))
+if rounds > 1:
+    for k in ("byhand", "first", "reboot"):
+        print(f"  {k} in each round: " + ", ".join(f"{v:.2f}" for v in times[k]))
+print(describe("first") + (" (last round)" if rounds > 1 else ""))
+print(describe("reboot") + (" (last round)" if rounds > 1 else ""))
 print(open(f"{w}/load.txt").read().rstrip())
 PY
