@@ -11,7 +11,8 @@
 # `systemd-analyze blame` and `critical-chain`, stay in WORKDIR.
 # BENCH_IMAGE=… boots that image instead of building the shipped one (`cairn build`, a no-op
 # when nothing changed); BENCH_BYHAND_IMAGE=… boots that qcow2 instead of running by-hand.sh.
-# BENCH_ROUNDS=N alternates N rounds of the three boots and prints the medians.
+# BENCH_ROUNDS=N alternates N rounds of the three boots and prints the medians; BENCH_NICE=N runs
+# the VMs at that priority.
 # Usage: bench/boot.sh [WORKDIR]   (needs root; about 5 minutes a round on a quiet machine, 10 more
 # when it builds both images)
 set -euo pipefail
@@ -22,6 +23,8 @@ setup /var/tmp/cairn-boot-bench "$@"
 accel=${BENCH_ACCEL:-tcg}
 cpus=${BENCH_CPUS:-2}
 memory=${BENCH_MEMORY:-1536}
+# BENCH_NICE=-10 runs every VM at that priority: on a machine others load, closer to a quiet one.
+nice=${BENCH_NICE:-}
 limit=600 # seconds a boot may take before the benchmark gives up
 
 now() { date +%s.%N; }
@@ -65,7 +68,7 @@ overlay() {
 
 # power_on NAME: start QEMU on $w/NAME.qcow2, console appended to $w/NAME.console.
 power_on() {
-  qemu-system-x86_64 -accel "$accel" -machine q35 -cpu max -m "$memory" -smp "$cpus" -display none \
+  ${nice:+nice -n "$nice"} qemu-system-x86_64 -accel "$accel" -machine q35 -cpu max -m "$memory" -smp "$cpus" -display none \
     -drive "if=virtio,file=$w/$1.qcow2,format=qcow2,discard=unmap" \
     -netdev "user,id=net0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=net0 \
     -device virtio-rng-pci \
@@ -147,10 +150,10 @@ for r in $(seq 1 "$rounds"); do
 done
 echo "load average at the end: $(load)" >>"$w/load.txt"
 
-python3 - "$w" "$accel" "$cpus" "$memory" <<'PY'
+python3 - "$w" "$accel" "$cpus" "$memory" "${nice:-0}" <<'PY'
 import statistics
 import sys
-w, accel, cpus, memory = sys.argv[1:5]
+w, accel, cpus, memory, nice = sys.argv[1:6]
 times = {}
 for line in open(f"{w}/times.txt"):
     k, v = line.split()
@@ -188,7 +191,7 @@ def describe(name):
         out += [f"system (no cloud-init ran) {finish - user:.1f}"]
     return f"  {name}, in the guest (s): " + "; ".join(out) + f"; startup finished at {finish:.1f} (guest clock)"
 
-print(f"QEMU: {accel}, q35, SeaBIOS, {cpus} vCPUs, {memory} MiB, virtio; one VM at a time; "
+print(f"QEMU: {accel}, q35, SeaBIOS, {cpus} vCPUs, {memory} MiB, virtio, nice {nice}; one VM at a time; "
       + (f"medians of {rounds} rounds" if rounds > 1 else "one round"))
 print(f"by-hand host: QEMU start -> login prompt           {bh:7.2f} s")
 rows = [("shipped image: first boot, QEMU start -> ready", first, 1.0),
