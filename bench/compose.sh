@@ -4,16 +4,9 @@
 # Usage: bench/compose.sh [WORKDIR]   (needs root; takes about 8 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash .ci/deps
-command -v grub-mkimage >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q grub-pc-bin >/dev/null
-command -v sfdisk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q fdisk >/dev/null
-cargo build --release -q
-bin=$PWD/target/release/cairn
-w=${1:-/var/tmp/cairn-bench}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-clean "$w"; mkdir -p "$w"
-unset SOURCE_DATE_EPOCH
+setup /var/tmp/cairn-bench "$@"
 
 
 peer=../shared/peer/by-hand.sh

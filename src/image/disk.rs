@@ -1,10 +1,10 @@
 //! The disk: filesystems made from directories, a GPT written on a plain file, GRUB written into
 //! it for BIOS and UEFI. No mount, no loop device, no helper VM.
 //!
-//! GRUB never needs a config generated on the node: its embedded config finds the partition
-//! labelled `boot` and reads `/syslinux/syslinux.cfg`, which libostree's syslinux backend
-//! rewrites on every `ostree admin deploy`, undeploy or rollback, so the bootloader follows the
-//! node's own upgrades.
+//! GRUB never needs a config generated on the node: its embedded config finds the filesystem
+//! holding `/boot` (the partition labelled `boot`, or else the root filesystem) and reads
+//! `syslinux/syslinux.cfg` there, which libostree's syslinux backend rewrites on every
+//! `ostree admin deploy`, undeploy or rollback, so the bootloader follows the node's own upgrades.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -17,14 +17,25 @@ use crate::image::manifest::{Manifest, PartKind, Partition};
 const SECTOR: u64 = 512;
 
 /// GRUB's embedded configuration (run by its rescue parser: plain commands only, no `if`, no
-/// comments): the boot partition by label, then the syslinux configuration libostree maintains
-/// there. `syslinux_configfile` shows the menu; without a menu it only loads the default entry,
-/// hence the `boot` after it.
-const EARLY_CFG: &str = "search --no-floppy --label boot --set=root\n\
-set prefix=($root)/grub\n\
-syslinux_configfile /syslinux/syslinux.cfg\n\
+/// comments): the filesystem holding /boot by label (a separate boot partition, or the root
+/// filesystem), then the syslinux configuration libostree maintains there. Its `KERNEL` paths
+/// start with `/boot/`, which libostree's `boot -> .` link resolves on a separate /boot.
+/// `syslinux_configfile` shows the menu; without a menu it only loads the default entry, hence
+/// the `boot` after it.
+fn early_cfg(separate_boot: bool) -> String {
+    let (label, dir) = if separate_boot {
+        ("boot", "")
+    } else {
+        ("root", "/boot")
+    };
+    format!(
+        "search --no-floppy --label {label} --set=root\n\
+set prefix=($root){dir}/grub\n\
+syslinux_configfile {dir}/syslinux/syslinux.cfg\n\
 boot\n\
-echo cairn: no bootable entry in /syslinux/syslinux.cfg on the boot partition\n";
+echo cairn: no bootable entry in {dir}/syslinux/syslinux.cfg on the {label} filesystem\n"
+    )
+}
 
 /// With BIOS GRUB drives the serial port itself; under UEFI the firmware already mirrors its
 /// console there (GRUB's own serial terminal would print everything twice).
@@ -48,12 +59,14 @@ const GRUB_MODULES: &[&str] = &[
     "boot",
 ];
 
-/// Build GRUB's BIOS core image and UEFI executable with the embedded config.
-pub fn grub_images(work: &Path) -> Result<()> {
+/// Build GRUB's BIOS core image and UEFI executable with the embedded config, for /boot on a
+/// partition of its own or on the root filesystem.
+pub fn grub_images(work: &Path, separate_boot: bool) -> Result<()> {
+    let early = early_cfg(separate_boot);
     let cfg = work.join("early-bios.cfg");
-    fs_err::write(&cfg, format!("{BIOS_SERIAL}{EARLY_CFG}"))?;
+    fs_err::write(&cfg, format!("{BIOS_SERIAL}{early}"))?;
     let efi_cfg = work.join("early-efi.cfg");
-    fs_err::write(&efi_cfg, EARLY_CFG)?;
+    fs_err::write(&efi_cfg, early)?;
     Cmd::new("grub-mkimage")
         .args(["-O", "i386-pc", "-p", "/grub", "-c"])
         .arg(&cfg)
@@ -513,6 +526,20 @@ sif \"/a b\" mtime @1795313345\n"
             .current_dir(d.path())
             .run()
             .unwrap();
+    }
+
+    #[test]
+    fn grub_reads_syslinux_cfg_where_boot_lives() {
+        let separate = early_cfg(true);
+        assert!(separate.starts_with("search --no-floppy --label boot --set=root\n"));
+        assert!(separate.contains("\nsyslinux_configfile /syslinux/syslinux.cfg\nboot\n"));
+        let on_root = early_cfg(false);
+        assert!(on_root.starts_with("search --no-floppy --label root --set=root\n"));
+        assert!(on_root.contains("\nsyslinux_configfile /boot/syslinux/syslinux.cfg\nboot\n"));
+        // The rescue parser: no comments, no conditionals.
+        for cfg in [separate, on_root] {
+            assert!(!cfg.contains('#') && !cfg.contains("if "), "{cfg}");
+        }
     }
 
     #[test]

@@ -75,7 +75,9 @@ pub enum PartKind {
     BiosBoot,
     /// The EFI system partition (FAT).
     Esp,
-    /// `/boot` (ext4): kernels, initramfs and bootloader entries of every deployment.
+    /// A separate `/boot` (ext4): kernels, initramfs and bootloader entries of every deployment.
+    /// Optional: without one, `/boot` is a directory of the root filesystem, where libostree
+    /// hardlinks each deployment's kernel and initramfs instead of copying them.
     Boot,
     /// The root filesystem (ext4) with `/ostree`; it grows to the disk on first boot.
     Root,
@@ -329,12 +331,11 @@ fn one_of<T: Copy>(
     )
 }
 
-/// The default layout: BIOS boot, ESP, /boot, root.
+/// The default layout: BIOS boot, ESP, root (with /boot on it).
 fn default_partitions() -> Vec<(String, PartKind, Option<u64>, usize)> {
     vec![
         ("BIOS-BOOT".into(), PartKind::BiosBoot, Some(MIB), 0),
         ("EFI-SYSTEM".into(), PartKind::Esp, Some(127 * MIB), 0),
-        ("boot".into(), PartKind::Boot, Some(384 * MIB), 0),
         ("root".into(), PartKind::Root, None, 0),
     ]
 }
@@ -406,10 +407,6 @@ fn layout(
         }
     };
     need(PartKind::Root, "a `root` partition is required")?;
-    need(
-        PartKind::Boot,
-        "a `boot` partition is required (ostree keeps every deployment's kernel there)",
-    )?;
     if firmware.contains(&Firmware::Bios) {
         need(
             PartKind::BiosBoot,
@@ -519,7 +516,12 @@ mod tests {
             "name = \"x\"\ntreefile = \"t.toml\"\nsize = \"2G\"\n",
         ))
         .unwrap();
-        assert_eq!(m.partitions.len(), 4);
+        assert_eq!(m.partitions.len(), 3);
+        assert_eq!(
+            m.partition(PartKind::Boot),
+            None,
+            "/boot is on the root filesystem"
+        );
         assert_eq!(m.partitions[0].start, MIB);
         let last = m.partitions.last().unwrap();
         assert_eq!(last.kind, PartKind::Root);

@@ -182,18 +182,23 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
             kargs: &kargs,
         },
     )?;
-    // The node writes new boot entries into /boot on upgrades: mount the boot partition there.
+    // The initramfs mounts the root (root= karg). The node writes new boot entries into /boot on
+    // upgrades: a separate boot partition is mounted there; without one, ostree-prepare-root
+    // bind-mounts the root filesystem's /boot.
+    let separate_boot = ctx.m.partition(PartKind::Boot).is_some();
     let fstab = sysroot.join(&dep).join("etc/fstab");
-    fs_err::write(
-        &fstab,
-        "# Written by cairn image\nLABEL=boot /boot ext4 defaults 0 2\n",
-    )
-    .with_context(|| format!("writing {}", fstab.display()))?;
-    // /boot becomes its own filesystem.
-    fs_err::rename(sysroot.join("boot"), ctx.w("bootfs"))?;
-    fs_err::create_dir(sysroot.join("boot"))?;
-    let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
-    manifest::check_boot_size(ctx.m, kernels)?;
+    let mut table = String::from("# Written by cairn image\n");
+    if separate_boot {
+        table.push_str("LABEL=boot /boot ext4 defaults 0 2\n");
+    }
+    fs_err::write(&fstab, table).with_context(|| format!("writing {}", fstab.display()))?;
+    if separate_boot {
+        // /boot becomes its own filesystem.
+        fs_err::rename(sysroot.join("boot"), ctx.w("bootfs"))?;
+        fs_err::create_dir(sysroot.join("boot"))?;
+        let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
+        manifest::check_boot_size(ctx.m, kernels)?;
+    }
     Ok(dep)
 }
 
@@ -212,20 +217,21 @@ fn dir_size(p: &Path) -> Result<u64> {
 }
 
 fn filesystems(ctx: &mut Ctx) -> Result<()> {
-    let ph = ctx.progress.phase(
-        "filesystems",
-        "boot and root filesystems from directories, in place",
-    );
+    let ph = ctx
+        .progress
+        .phase("filesystems", "filesystems from directories, in place");
     let raw = ctx.w("disk.raw");
-    disk::mkfs_ext4(
-        &ctx.w("bootfs"),
-        "boot",
-        &ctx.guid("fs-boot"),
-        &raw,
-        ctx.part(PartKind::Boot)?,
-        ctx.epoch,
-        &[],
-    )?;
+    if let Some(boot) = ctx.m.partition(PartKind::Boot) {
+        disk::mkfs_ext4(
+            &ctx.w("bootfs"),
+            "boot",
+            &ctx.guid("fs-boot"),
+            &raw,
+            boot,
+            ctx.epoch,
+            &[],
+        )?;
+    }
     disk::mkfs_ext4(
         &ctx.w("sysroot"),
         "root",
@@ -241,7 +247,11 @@ fn filesystems(ctx: &mut Ctx) -> Result<()> {
         .arg("-i")
         .arg(ctx.w("sysroot").join(&ctx.deployment))
         .run()?;
-    ph.done("boot, root");
+    ph.done(if ctx.m.partition(PartKind::Boot).is_some() {
+        "boot, root"
+    } else {
+        "root with /boot"
+    });
     Ok(())
 }
 
@@ -250,7 +260,7 @@ fn filesystems(ctx: &mut Ctx) -> Result<()> {
 fn bootloader(ctx: &Ctx) -> Result<()> {
     let raw = ctx.w("disk.raw");
     disk::partition(ctx.m, &raw, &|what| ctx.guid(what))?;
-    disk::grub_images(ctx.work.path())?;
+    disk::grub_images(ctx.work.path(), ctx.m.partition(PartKind::Boot).is_some())?;
     if ctx.m.firmware.contains(&Firmware::Uefi) {
         let serial = &ctx.guid("fs-esp").replace('-', "")[..8];
         disk::mkfs_esp(
