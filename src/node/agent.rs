@@ -222,6 +222,13 @@ fn unhealthy(p: &Paths, why: String, deadline: bool) -> Result<()> {
         state.unhealthy(why.clone())
     };
     let booted = id(&ctx.node.booted()?);
+    let boot = super::boot_id(p);
+    let why = if deadline {
+        format!("deadline passed; jobs still queued: {why}")
+    } else {
+        why
+    };
+    ctx.status.unhealthy(&boot, &why, &now());
     let State::Failing {
         ref trial,
         left,
@@ -235,7 +242,7 @@ fn unhealthy(p: &Paths, why: String, deadline: bool) -> Result<()> {
         );
         return ctx.save(&state);
     };
-    ctx.status.attempt(&super::boot_id(p), reason, &now());
+    ctx.status.attempt(&boot, reason, &now());
     ctx.save(&state)?;
     let next = if left > 0 {
         format!("{left} trial boot{} left", if left == 1 { "" } else { "s" })

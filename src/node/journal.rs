@@ -3,8 +3,8 @@
 //! rollback across boots (the persistent journal also keeps each trial boot's own log).
 //!
 //! Lines go to journald's native socket (fields `MESSAGE`, `MESSAGE_ID`, `PRIORITY`,
-//! `SYSLOG_IDENTIFIER=cairn-node`, `CAIRN_EVENT`), and to the log on stderr unless stderr is
-//! the journal already (a systemd unit's).
+//! `SYSLOG_IDENTIFIER=cairn-node`, `CAIRN_EVENT`), and to the log on stderr where there is no
+//! journal.
 
 use std::os::unix::net::UnixDatagram;
 
@@ -33,17 +33,16 @@ pub fn datagram(level: Level, event: &str, message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Note a transition (`event`, a short kebab-case name) in the journal and the log.
+/// Note a transition (`event`, a short kebab-case name) in the journal and the log. Once the
+/// journal has it, the log shows it only with `-v` (a command prints its own result).
 pub fn note(level: Level, event: &str, message: &str) {
     let sent = UnixDatagram::unbound()
         .and_then(|s| s.send_to(&datagram(level, event, message), SOCKET))
         .is_ok();
-    // A unit's stderr is the journal: the line is there once already.
-    if !sent || std::env::var_os("JOURNAL_STREAM").is_none() {
-        match level {
-            Level::Warning => tracing::warn!("{message}"),
-            Level::Notice | Level::Info => tracing::info!("{message}"),
-        }
+    match (sent, level) {
+        (true, _) => tracing::debug!("{message}"),
+        (false, Level::Warning) => tracing::warn!("{message}"),
+        (false, Level::Notice | Level::Info) => tracing::info!("{message}"),
     }
 }
 

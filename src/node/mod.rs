@@ -89,14 +89,17 @@ impl Paths {
 }
 
 /// Write `data` to `path` so that a power loss leaves the old file or the new one: a temporary
-/// file in the same directory, fsync, rename, fsync of the directory.
+/// file in the same directory, fsync, rename, fsync of the directory. The file is readable by
+/// all (a fleet tool may log in as another user than root).
 pub fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .with_context(|| format!("{}: no directory", path.display()))?;
     fs_err::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".cairn-")
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.write_all(data)
@@ -193,6 +196,9 @@ mod tests {
         write_durably(&p, b"1").unwrap();
         write_durably(&p, b"2").unwrap();
         assert_eq!(fs_err::read(&p).unwrap(), b"2");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs_err::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644 & !crate::base::tmp::umask());
         assert!(remove_durably(&p).unwrap());
         assert!(!remove_durably(&p).unwrap());
         let leftovers = fs_err::read_dir(d.path().join("a")).unwrap().count();

@@ -352,25 +352,18 @@ pub fn rollback(p: &Paths, reboot_after: bool) -> Result<Moved> {
 
 /// `cairn node status`: the deployments now, and the records.
 pub fn status(p: &Paths) -> Result<Status> {
-    let ctx = Ctx::open(p)?;
-    let mut s = ctx.status.clone();
-    s.deployments = ctx
-        .node
-        .deployments()
-        .iter()
-        .map(|d| ctx.describe(d))
-        .collect();
-    s.state = match ctx.state() {
+    let mut ctx = Ctx::open(p)?;
+    let state = match ctx.state() {
         Ok(st) => st.name().to_string(),
         Err(e) => format!("unknown ({e:#})"),
     };
-    s.updated = now();
-    Ok(s)
+    ctx.snapshot(&state);
+    Ok(ctx.status)
 }
 
 /// `status` for a person.
 pub fn render(s: &Status) -> String {
-    let mut out = format!("state: {}", s.state);
+    let mut out = format!("state: {}, verdict on this boot: {}", s.state, s.verdict);
     if let Some(b) = &s.boot {
         out.push_str(&format!(" (this boot: {b})"));
     }

@@ -82,6 +82,33 @@ pub struct EndOfLife {
     pub time: String,
 }
 
+/// The booted deployment, for a reader that wants only that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Booted {
+    pub commit: String,
+    pub serial: i32,
+    pub version: Option<String>,
+    /// The ref it follows (without the remote).
+    #[serde(rename = "ref")]
+    pub ref_: Option<String>,
+    pub origin: Option<String>,
+}
+
+/// The last unhealthy verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unhealthy {
+    pub boot_id: String,
+    pub reason: String,
+    pub time: String,
+}
+
+/// A refspec's remote and ref (`remote:ref`; a refspec without a remote has none to pull from).
+pub fn split_refspec(refspec: &str) -> Option<(&str, &str)> {
+    refspec
+        .split_once(':')
+        .filter(|(r, f)| !r.is_empty() && !f.is_empty())
+}
+
 /// `/var/lib/cairn/status.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -89,9 +116,14 @@ pub struct Status {
     pub updated: String,
     /// The state machine's state (`steady`, `armed`, `on-trial`, …).
     pub state: String,
+    /// The health verdict on this boot: `good`, `failed`, `trial` (a trial boot waiting for
+    /// it) or `unknown` (not given yet).
+    #[serde(default)]
+    pub verdict: String,
     /// This boot's id and what classifying it found.
     pub boot_id: Option<String>,
     pub boot: Option<String>,
+    pub booted: Option<Booted>,
     pub deployments: Vec<Deployment>,
     pub trial: Option<Trial>,
     pub last_rollback: Option<Rollback>,
@@ -99,6 +131,7 @@ pub struct Status {
     #[serde(default)]
     pub failed: BTreeMap<String, Failure>,
     pub last_good: Option<Good>,
+    pub last_unhealthy: Option<Unhealthy>,
     pub endoflife: Option<EndOfLife>,
 }
 
@@ -108,13 +141,16 @@ impl Default for Status {
             format: FORMAT,
             updated: String::new(),
             state: "steady".into(),
+            verdict: "unknown".into(),
             boot_id: None,
             boot: None,
+            booted: None,
             deployments: Vec::new(),
             trial: None,
             last_rollback: None,
             failed: BTreeMap::new(),
             last_good: None,
+            last_unhealthy: None,
             endoflife: None,
         }
     }
@@ -124,6 +160,50 @@ impl Status {
     /// The booted deployment, as last recorded.
     pub fn booted(&self) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.booted)
+    }
+
+    /// Take a fresh view of the deployments, the state and this boot's verdict.
+    pub fn snapshot(
+        &mut self,
+        deployments: Vec<Deployment>,
+        state: &str,
+        boot_id: &str,
+        time: &str,
+    ) {
+        self.deployments = deployments;
+        self.booted = self.booted().map(|d| Booted {
+            commit: d.commit.clone(),
+            serial: d.serial,
+            version: d.version.clone(),
+            ref_: d
+                .origin
+                .as_deref()
+                .and_then(split_refspec)
+                .map(|(_, r)| r.to_string()),
+            origin: d.origin.clone(),
+        });
+        self.state = state.to_string();
+        let this_boot = |id: Option<&str>| !boot_id.is_empty() && id == Some(boot_id);
+        self.verdict = if this_boot(self.last_good.as_ref().map(|g| g.boot_id.as_str())) {
+            "good"
+        } else if this_boot(self.last_unhealthy.as_ref().map(|u| u.boot_id.as_str())) {
+            "failed"
+        } else if state == "on-trial" {
+            "trial"
+        } else {
+            "unknown"
+        }
+        .to_string();
+        self.updated = time.to_string();
+    }
+
+    /// An unhealthy verdict on boot `boot_id`.
+    pub fn unhealthy(&mut self, boot_id: &str, reason: &str, time: &str) {
+        self.last_unhealthy = Some(Unhealthy {
+            boot_id: boot_id.to_string(),
+            reason: reason.to_string(),
+            time: time.to_string(),
+        });
     }
 
     /// A new trial is armed (its attempts start empty).
@@ -308,6 +388,50 @@ mod tests {
         s.trial = None;
         s.attempt("x", "y", "t");
         assert!(s.trial.is_none(), "no trial, nothing to note");
+    }
+
+    #[test]
+    fn the_snapshot_names_the_booted_deployment_and_this_boots_verdict() {
+        let mut s = Status::default();
+        let deps = vec![
+            Deployment {
+                commit: "n".repeat(64),
+                origin: Some("cairn:cairn/amd64/app".into()),
+                ..Default::default()
+            },
+            Deployment {
+                index: 1,
+                commit: "o".repeat(64),
+                version: Some("1.2".into()),
+                origin: Some("cairn:cairn/amd64/app".into()),
+                booted: true,
+                ..Default::default()
+            },
+        ];
+        s.snapshot(deps.clone(), "on-trial", "boot-1", "t");
+        let b = s.booted.clone().unwrap();
+        assert_eq!(
+            (b.commit, b.ref_.as_deref()),
+            ("o".repeat(64), Some("cairn/amd64/app"))
+        );
+        assert_eq!(s.verdict, "trial");
+        s.unhealthy("boot-1", "failed units: x", "t");
+        s.snapshot(deps.clone(), "failing", "boot-1", "t");
+        assert_eq!(s.verdict, "failed");
+        s.good(&dep('o'), "boot-2", false, "t");
+        s.snapshot(deps.clone(), "steady", "boot-2", "t");
+        assert_eq!(s.verdict, "good");
+        s.snapshot(deps, "steady", "boot-3", "t");
+        assert_eq!(
+            s.verdict, "unknown",
+            "a verdict of another boot is not this one's"
+        );
+        // What the fleet's agent reads (src/fleet/agent.rs): booted.{commit,version,ref},
+        // verdict, last_rollback.{commit,reason}.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["booted"]["ref"], "cairn/amd64/app");
+        assert_eq!(v["booted"]["version"], "1.2");
+        assert_eq!(v["verdict"], "unknown");
     }
 
     #[test]

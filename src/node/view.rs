@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 
+pub use super::record::split_refspec;
 use super::record::{self, Deployment, Status};
 use super::state::{Countdown, DeploymentId, Facts, State};
 use super::{grubenv, Paths};
@@ -21,13 +22,6 @@ pub fn id(d: &DeploymentInfo) -> DeploymentId {
         commit: d.commit.clone(),
         serial: d.serial,
     }
-}
-
-/// A refspec's remote and ref (`remote:ref`; a refspec without a remote has none to pull from).
-pub fn split_refspec(refspec: &str) -> Option<(&str, &str)> {
-    refspec
-        .split_once(':')
-        .filter(|(r, f)| !r.is_empty() && !f.is_empty())
 }
 
 impl Ctx {
@@ -94,20 +88,26 @@ impl Ctx {
     /// Write the status file (with a fresh snapshot of the deployments and `state`) and the
     /// login message.
     pub fn save(&mut self, state: &State) -> Result<()> {
-        self.status.deployments = self
+        self.snapshot(state.name());
+        // The steps keep the trial record (with its attempts); a steady node has none.
+        if matches!(state, State::Steady) {
+            self.status.trial = None;
+        }
+        record::save(&self.p.status(), &self.status)?;
+        self.write_motd()
+    }
+
+    /// A fresh view of the deployments, the state and this boot's verdict, in the records.
+    pub fn snapshot(&mut self, state: &str) {
+        let deployments = self
             .node
             .deployments()
             .iter()
             .map(|d| self.describe(d))
             .collect();
-        self.status.state = state.name().to_string();
-        // The steps keep the trial record (with its attempts); a steady node has none.
-        if matches!(state, State::Steady) {
-            self.status.trial = None;
-        }
-        self.status.updated = super::now();
-        record::save(&self.p.status(), &self.status)?;
-        self.write_motd()
+        let boot = super::boot_id(&self.p);
+        self.status
+            .snapshot(deployments, state, &boot, &super::now());
     }
 
     fn write_motd(&self) -> Result<()> {

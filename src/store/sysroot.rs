@@ -255,7 +255,18 @@ impl Node {
         let pulled =
             repo.pull_with_options(remote, &opts.end(), Some(&progress), gio::Cancellable::NONE);
         progress.finish();
-        pulled.with_context(|| format!("pulling {ref_} from remote {remote} ({url})"))?;
+        if let Err(e) = pulled {
+            let what = format!("pulling {ref_} from remote {remote} ({url})");
+            // libostree's words for a commit the remote's keyring does not vouch for.
+            let m = e.message().to_string();
+            if m.contains("GPG") || m.contains("signature") {
+                return Err(anyhow::anyhow!("{m}")).context(format!(
+                    "{what}: refused: the commit is not signed by a key this node trusts \
+                     (remote {remote}'s keyring)"
+                ));
+            }
+            return Err(e).context(what);
+        }
         let refspec = format!("{remote}:{ref_}");
         let commit = repo
             .resolve_rev(&refspec, false)
