@@ -16,6 +16,8 @@
 //!   call;
 //! - [`release`]: signing, serving with static deltas, promotion, pruning, end of life and the
 //!   audit log, for the commits compose makes;
+//! - [`node`]: on a host booted from a cairn image, upgrades, rebases and rollbacks from its
+//!   signed remote, and the automatic rollback of a deployment that is not healthy;
 //! - [`fleet`]: rollouts of a commit across a fleet behind a load balancer;
 //! - [`cli`]: the command line (the binary only parses and dispatches).
 
@@ -25,6 +27,7 @@ pub mod compose;
 pub mod describe;
 pub mod fleet;
 pub mod image;
+pub mod node;
 pub mod pipeline;
 pub mod release;
 pub mod store;

@@ -1,11 +1,13 @@
 //! The command line: clap types (one enum per command level, one options struct per verb) and
 //! the dispatch into the library. Each command group has its file: [`compose`] (compose, diff,
-//! sbom), [`image`] (image, build), [`vm`] (vm run, vm-test).
+//! sbom), [`image`] (image, build), [`vm`] (vm run, vm-test), [`node`] (the node's own commands),
+//! [`release`] (key, sign, repo serve, promote, prune, retire, log).
 
 pub mod compose;
 pub mod docs;
 pub mod fleet;
 pub mod image;
+pub mod node;
 pub mod release;
 pub mod vm;
 
@@ -48,6 +50,11 @@ pub enum Command {
     },
     /// Boot-test an image: run the tests under vm-tests/ inside VMs of it.
     VmTest(vm::VmTestArgs),
+    /// On a host booted from a cairn image: status, upgrade, rebase, rollback.
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
     /// Bring a fleet of nodes up or down (the qemu provider's VMs, and HAProxy).
     Fleet {
         #[command(subcommand)]
@@ -87,6 +94,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Build(a) => image::image(a, true),
         Command::Vm { command } => vm::vm(command),
         Command::VmTest(a) => vm::vm_test(a),
+        Command::Node { command } => node::run(command),
         Command::Fleet { command } => fleet::fleet(command),
         Command::Rollout { command } => fleet::rollout(command),
         Command::Completions(a) => docs::completions(a),

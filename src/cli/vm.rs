@@ -186,13 +186,7 @@ pub fn vm_test(a: VmTestArgs) -> Result<()> {
         print_json(&report)?;
     } else {
         for b in &report.boots {
-            say(format_args!(
-                "boot {} ({}, {}): ready in {:.1} s",
-                b.kind,
-                b.firmware,
-                b.accel.as_str(),
-                b.seconds
-            ))?;
+            say(format_args!("boot {}", b.line()))?;
         }
         say(format_args!("{}", report.summary()))?;
         say(format_args!("JUnit report: {}", report.junit.display()))?;

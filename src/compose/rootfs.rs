@@ -214,6 +214,39 @@ pub fn configure(layer: &Keys, root_path: &Path, root: &Dir, epoch: i64) -> Resu
             .run()
             .with_context(|| format!("{}: key `units`: enabling {}", u.origin, u.value))?;
     }
+    if let Some(n) = layer.node_agent.as_ref().filter(|n| n.value.0) {
+        install_node_agent(root_path, root, epoch)
+            .with_context(|| format!("{}: key `node-agent`", n.origin))?;
+    }
+    Ok(())
+}
+
+/// `node-agent`: this cairn as `/usr/bin/cairn`, the node's units in `/usr/lib/systemd/system`,
+/// enabled; then `cairn --version` run in the tree, so that a binary the tree cannot run (a
+/// library missing) fails the compose, not the node.
+fn install_node_agent(root_path: &Path, root: &Dir, epoch: i64) -> Result<()> {
+    use cap_std::fs::{Permissions, PermissionsExt};
+    let exe = crate::treefile::keys::node_binary()?;
+    layout::copy_into(root, &exe, "/usr/bin/cairn")?;
+    root.create_dir_all("usr/lib/systemd/system")?;
+    for u in crate::node::units::UNITS {
+        root.atomic_write_with_perms(
+            format!("usr/lib/systemd/system/{}", u.name),
+            u.text,
+            Permissions::from_mode(0o644),
+        )
+        .with_context(|| format!("writing {}", u.name))?;
+    }
+    for name in crate::node::units::enabled() {
+        in_tree(chroot(root_path), epoch)
+            .args(["systemctl", "enable", name])
+            .run()
+            .with_context(|| format!("enabling {name}"))?;
+    }
+    in_tree(chroot(root_path), epoch)
+        .args(["/usr/bin/cairn", "--version"])
+        .run()
+        .context("running /usr/bin/cairn in the tree")?;
     Ok(())
 }
 

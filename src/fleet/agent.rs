@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(st.commit, "c2");
         assert_eq!(st.verdict, "good");
         assert_eq!(st.last_rollback.unwrap().0, "c3");
-        assert_eq!(st.default_commit, "c2", "no deployments listed: the booted one");
+        assert_eq!(
+            st.default_commit, "c2",
+            "no deployments listed: the booted one"
+        );
         let st = parse_status(
             "b1",
             r#"{"booted":{"commit":"c1"},"deployments":[{"index":0,"commit":"c2"},{"index":1,"commit":"c1"}]}"#,

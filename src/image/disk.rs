@@ -1,10 +1,11 @@
 //! The disk: filesystems made from directories, a GPT written on a plain file, GRUB written into
 //! it for BIOS and UEFI. No mount, no loop device, no helper VM.
 //!
-//! GRUB never needs a config generated on the node: its embedded config finds the filesystem
-//! holding `/boot` (the partition labelled `boot`, or else the root filesystem) and reads
-//! `syslinux/syslinux.cfg` there, which libostree's syslinux backend rewrites on every
-//! `ostree admin deploy`, undeploy or rollback, so the bootloader follows the node's own upgrades.
+//! GRUB never needs a config generated on the node: a normal-mode script in its memdisk finds
+//! the filesystem holding /boot and reads `syslinux/syslinux.cfg` there, which libostree's
+//! syslinux backend rewrites on every deploy, undeploy or reorder, so the bootloader follows the
+//! node's own upgrades; and it counts a new deployment's trial boots down in `grub/grubenv`,
+//! booting the previous deployment when they are spent (see `docs/node.md`).
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -16,25 +17,37 @@ use crate::image::manifest::{Manifest, PartKind, Partition};
 
 const SECTOR: u64 = 512;
 
-/// GRUB's embedded configuration (run by its rescue parser: plain commands only, no `if`, no
-/// comments): the filesystem holding /boot by label (a separate boot partition, or the root
-/// filesystem), then the syslinux configuration libostree maintains there. Its `KERNEL` paths
-/// start with `/boot/`, which libostree's `boot -> .` link resolves on a separate /boot.
-/// `syslinux_configfile` shows the menu; without a menu it only loads the default entry, hence
-/// the `boot` after it.
-fn early_cfg(separate_boot: bool) -> String {
+/// GRUB's embedded configuration. It runs in GRUB's rescue parser (plain commands only, no
+/// `if`, even with `normal` built in), so it hands over to the normal-mode script in the
+/// memdisk, [`normal_cfg`].
+const EARLY_CFG: &str = "configfile (memdisk)/cairn.cfg\n\
+echo cairn: (memdisk)/cairn.cfg booted no entry\n";
+
+/// The most trial boots GRUB's countdown counts (the node's bound).
+pub const MAX_TRIES: u32 = crate::node::state::MAX_TRIES;
+
+/// The normal-mode script GRUB runs from its memdisk: find the filesystem holding /boot (the
+/// partition labelled `boot`, or the root filesystem), count a trial down in `grub/grubenv`
+/// there (GRUB's `save_env` writes in place; only `cairn_tries` is read), then load libostree's
+/// `syslinux/syslinux.cfg` and boot entry 0 (the default deployment) while trial boots remain,
+/// entry 1 (the previous one) once they are spent. GRUB has no arithmetic: the countdown is an
+/// `if`/`elif` chain from `max` down to 1; any other value counts as spent.
+pub fn normal_cfg(max: u32, separate_boot: bool) -> String {
+    let mut s = String::from(include_str!("cairn-head.cfg"));
+    for n in (1..=max).rev() {
+        let kw = if n == max { "if" } else { "elif" };
+        s.push_str(&format!(
+            "  {kw} [ \"$cairn_tries\" = {n} ]; then\n    set cairn_tries={}\n",
+            n - 1
+        ));
+    }
+    s.push_str(include_str!("cairn-tail.cfg"));
     let (label, dir) = if separate_boot {
         ("boot", "")
     } else {
         ("root", "/boot")
     };
-    format!(
-        "search --no-floppy --label {label} --set=root\n\
-set prefix=($root){dir}/grub\n\
-syslinux_configfile {dir}/syslinux/syslinux.cfg\n\
-boot\n\
-echo cairn: no bootable entry in {dir}/syslinux/syslinux.cfg on the {label} filesystem\n"
-    )
+    s.replace("@LABEL@", label).replace("@BOOT@", dir)
 }
 
 /// With BIOS GRUB drives the serial port itself; under UEFI the firmware already mirrors its
@@ -57,19 +70,43 @@ const GRUB_MODULES: &[&str] = &[
     "terminal",
     "test",
     "boot",
+    "memdisk",
+    "tar",
+    "loadenv",
 ];
 
-/// Build GRUB's BIOS core image and UEFI executable with the embedded config, for /boot on a
-/// partition of its own or on the root filesystem.
+/// Build GRUB's BIOS core image and UEFI executable, each with the embedded config and a
+/// memdisk holding the normal-mode script for /boot on a partition of its own
+/// (`separate_boot`) or on the root filesystem.
 pub fn grub_images(work: &Path, separate_boot: bool) -> Result<()> {
-    let early = early_cfg(separate_boot);
     let cfg = work.join("early-bios.cfg");
-    fs_err::write(&cfg, format!("{BIOS_SERIAL}{early}"))?;
+    fs_err::write(&cfg, format!("{BIOS_SERIAL}{EARLY_CFG}"))?;
     let efi_cfg = work.join("early-efi.cfg");
-    fs_err::write(&efi_cfg, early)?;
+    fs_err::write(&efi_cfg, EARLY_CFG)?;
+    let md = work.join("memdisk");
+    fs_err::create_dir_all(&md)?;
+    fs_err::write(md.join("cairn.cfg"), normal_cfg(MAX_TRIES, separate_boot))?;
+    let tar = work.join("memdisk.tar");
+    // The same bytes every time: no owner names, no times.
+    Cmd::new("tar")
+        .args([
+            "--format=ustar",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+        ])
+        .args(["--mtime=@0", "-C"])
+        .arg(&md)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("cairn.cfg")
+        .run()
+        .context("making GRUB's memdisk")?;
     Cmd::new("grub-mkimage")
         .args(["-O", "i386-pc", "-p", "/grub", "-c"])
         .arg(&cfg)
+        .arg("-m")
+        .arg(&tar)
         .arg("-o")
         .arg(work.join("core.img"))
         .args(GRUB_MODULES)
@@ -79,6 +116,8 @@ pub fn grub_images(work: &Path, separate_boot: bool) -> Result<()> {
     Cmd::new("grub-mkimage")
         .args(["-O", "x86_64-efi", "-p", "/grub", "-c"])
         .arg(&efi_cfg)
+        .arg("-m")
+        .arg(&tar)
         .arg("-o")
         .arg(work.join("BOOTX64.EFI"))
         .args(GRUB_MODULES)
@@ -529,17 +568,38 @@ sif \"/a b\" mtime @1795313345\n"
     }
 
     #[test]
-    fn grub_reads_syslinux_cfg_where_boot_lives() {
-        let separate = early_cfg(true);
-        assert!(separate.starts_with("search --no-floppy --label boot --set=root\n"));
-        assert!(separate.contains("\nsyslinux_configfile /syslinux/syslinux.cfg\nboot\n"));
-        let on_root = early_cfg(false);
-        assert!(on_root.starts_with("search --no-floppy --label root --set=root\n"));
-        assert!(on_root.contains("\nsyslinux_configfile /boot/syslinux/syslinux.cfg\nboot\n"));
-        // The rescue parser: no comments, no conditionals.
-        for cfg in [separate, on_root] {
-            assert!(!cfg.contains('#') && !cfg.contains("if "), "{cfg}");
+    fn the_countdown_script_counts_down_for_each_layout() {
+        let separate = normal_cfg(3, true);
+        // The chain, from the bound down: each value takes one try, anything else is spent.
+        assert!(separate.contains(
+            "  if [ \"$cairn_tries\" = 3 ]; then\n    set cairn_tries=2\n\
+             \x20 elif [ \"$cairn_tries\" = 2 ]; then\n    set cairn_tries=1\n\
+             \x20 elif [ \"$cairn_tries\" = 1 ]; then\n    set cairn_tries=0\n\
+             \x20 else\n    set cairn_entry=1\n"
+        ));
+        assert!(separate.starts_with("# cairn: boot counting"));
+        assert!(separate.contains("search --no-floppy --label boot --set=root"));
+        assert!(separate.contains("set cairn_env=/grub/grubenv\n"));
+        assert!(separate.contains("\nsyslinux_source /syslinux/syslinux.cfg\n"));
+        // Only the countdown is read from the file, and written only when a try is taken.
+        assert!(separate.contains("load_env --file \"$cairn_env\" cairn_tries\n"));
+        assert_eq!(separate.matches("save_env").count(), 1);
+        let on_root = normal_cfg(MAX_TRIES, false);
+        assert!(on_root.contains("search --no-floppy --label root --set=root"));
+        assert!(on_root.contains("set cairn_env=/boot/grub/grubenv\n"));
+        assert!(on_root.contains("\nsyslinux_source /boot/syslinux/syslinux.cfg\n"));
+        assert!(on_root.contains("= 9 ]; then\n    set cairn_tries=8\n"));
+        for cfg in [&separate, &on_root] {
+            assert!(!cfg.contains('@'), "a placeholder is left: {cfg}");
+            let words = |w: &str| {
+                cfg.lines()
+                    .filter(|l| l.split_whitespace().next() == Some(w))
+                    .count()
+            };
+            assert_eq!(words("if"), words("fi"), "{cfg}");
         }
+        // The embedded config is for the rescue parser: no conditionals, no comments.
+        assert!(!EARLY_CFG.contains("if ") && !EARLY_CFG.contains('#'));
     }
 
     #[test]

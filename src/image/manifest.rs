@@ -1,5 +1,5 @@
 //! Image manifests: what to build and ship from a commit (disk size, partitions, firmware,
-//! formats, kernel arguments, provisioning).
+//! formats, kernel arguments, provisioning, the node's remote and its trial settings).
 //!
 //! Parsed like treefiles: a raw TOML struct with every key optional and unknown keys rejected,
 //! then a validated [`Manifest`] whose errors name the file, the line and the key.
@@ -34,6 +34,8 @@ struct RawManifest {
     partitions: Option<Vec<Spanned<RawPartition>>>,
     remote_url: Option<Spanned<String>>,
     remote_gpg_key_file: Option<Spanned<String>>,
+    trial_boots: Option<Spanned<i64>>,
+    health_deadline: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +142,9 @@ pub struct Manifest {
     pub remote_url: Option<String>,
     /// The public key the node's remote trusts (`gpg-verify=true`); `None`: no verification.
     pub remote_gpg_key_file: Option<PathBuf>,
+    /// The node's settings: trial boots of a new deployment, and the deadline of each
+    /// (`/etc/cairn/node.toml` and the deadline timer's drop-in in the deployment).
+    pub node: crate::node::config::Config,
 }
 
 impl Manifest {
@@ -278,6 +283,15 @@ pub fn load(path: &Path) -> Result<Manifest> {
         }
         None => None,
     };
+    let mut node = crate::node::config::Config::default();
+    if let Some(t) = &raw.trial_boots {
+        node.trial_boots = crate::node::config::check_tries(*t.get_ref())
+            .map_err(|e| anyhow!("{}: key `trial-boots`: {e}", at(t.span().start)))?;
+    }
+    if let Some(d) = &raw.health_deadline {
+        node.health_deadline = crate::node::config::check_deadline(d.get_ref())
+            .map_err(|e| anyhow!("{}: key `health-deadline`: {e}", at(d.span().start)))?;
+    }
     Ok(Manifest {
         path: path.to_path_buf(),
         name,
@@ -292,6 +306,7 @@ pub fn load(path: &Path) -> Result<Manifest> {
         partitions,
         remote_url: raw.remote_url.map(|u| u.into_inner()),
         remote_gpg_key_file,
+        node,
     })
 }
 
@@ -471,109 +486,4 @@ pub fn check_boot_size(m: &Manifest, kernel_and_initramfs: u64) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, body: &str) -> PathBuf {
-        fs_err::write(dir.join("t.toml"), "").unwrap();
-        let p = dir.join("m.toml");
-        fs_err::write(&p, body).unwrap();
-        p
-    }
-
-    #[test]
-    fn remote_url_and_key_file() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("k.asc"), "key").unwrap();
-        let m = load(&write(
-            d.path(),
-            "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"https://u.example/repo\"\nremote-gpg-key-file = \"k.asc\"\n",
-        ))
-        .unwrap();
-        assert_eq!(m.remote_url.as_deref(), Some("https://u.example/repo"));
-        assert_eq!(m.remote_gpg_key_file, Some(d.path().join("k.asc")));
-        let e = load(&write(
-            d.path(),
-            "name = \"x\"\ntreefile = \"t.toml\"\nremote-gpg-key-file = \"none.asc\"\n",
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("m.toml:3: key `remote-gpg-key-file`"), "{e}");
-        let e = load(&write(
-            d.path(),
-            "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"ftp://x\"\n",
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("m.toml:3: key `remote-url`"), "{e}");
-    }
-
-    #[test]
-    fn default_layout_fills_the_disk() {
-        let d = tempfile::tempdir().unwrap();
-        let m = load(&write(
-            d.path(),
-            "name = \"x\"\ntreefile = \"t.toml\"\nsize = \"2G\"\n",
-        ))
-        .unwrap();
-        assert_eq!(m.partitions.len(), 3);
-        assert_eq!(
-            m.partition(PartKind::Boot),
-            None,
-            "/boot is on the root filesystem"
-        );
-        assert_eq!(m.partitions[0].start, MIB);
-        let last = m.partitions.last().unwrap();
-        assert_eq!(last.kind, PartKind::Root);
-        assert_eq!(last.start + last.size, (2 << 30) - MIB);
-        assert_eq!(m.firmware, vec![Firmware::Bios, Firmware::Uefi]);
-        assert_eq!(m.qcow2_compression, Qcow2Compression::Zstd);
-        let m = load(&write(
-            d.path(),
-            "name = \"x\"\ntreefile = \"t.toml\"\nqcow2-compression = \"zlib\"\n",
-        ))
-        .unwrap();
-        assert_eq!(m.qcow2_compression, Qcow2Compression::Zlib);
-    }
-
-    #[test]
-    fn bad_manifests_name_file_and_key() {
-        let d = tempfile::tempdir().unwrap();
-        let cases = [
-            ("name = \"x\"\ntreefile = \"t.toml\"\nbogus = 1\n", "bogus"),
-            ("name = \"x\"\ntreefile = \"missing.toml\"\n", "m.toml:2: key `treefile`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"1G\"\nfirmware = [\"uefi\"]\n[[partitions]]\nlabel = \"ESP\"\ntype = \"esp\"\nsize = \"64M\"\n[[partitions]]\nlabel = \"root\"\ntype = \"root\"\n[[partitions]]\nlabel = \"boot\"\ntype = \"boot\"\nsize = \"2G\"\n", "the disk"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nfirmware = [\"uefi\"]\n[[partitions]]\nlabel = \"root\"\ntype = \"root\"\n[[partitions]]\nlabel = \"boot\"\ntype = \"boot\"\nsize = \"300M\"\n", "needs an `esp`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nformats = [\"iso\"]\n", "m.toml:3: key `formats`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nfirmware = [\"coreboot\"]\n", "m.toml:3: key `firmware`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"tiny\"\n", "m.toml:3: key `size`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nqcow2-compression = \"xz\"\n", "m.toml:3: key `qcow2-compression`: \"xz\" is not `zstd`, `zlib` or `none`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nprovisioning = \"ignition\"\n", "m.toml:3: key `provisioning`: \"ignition\" is not `nocloud` or `none`"),
-            ("name = \"x\"\nref = \"a/../b\"\n", "m.toml:2: key `ref`"),
-            ("name = \"../x\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
-            ("name = \"\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
-            ("name = \"a/b\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
-            ("name = \".hidden\"\ntreefile = \"t.toml\"\n", "m.toml:1: key `name`"),
-            (&*format!("name = \"{}\"\ntreefile = \"t.toml\"\n", "n".repeat(65)), "m.toml:1: key `name`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"..\"\n", "m.toml:3: key `osname`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"a/b\"\n", "m.toml:3: key `osname`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"tab\\there\"\n", "m.toml:3: key `osname`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"bad\\nlabel\"\ntype = \"root\"\n", "m.toml:3: key `partitions.label`"),
-            ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"a-partition-name-longer-than-36-chars\"\ntype = \"root\"\n", "m.toml:3: key `partitions.label`"),
-        ];
-        for (body, want) in cases {
-            let e = format!("{:#}", load(&write(d.path(), body)).unwrap_err());
-            assert!(e.contains(want) && e.contains("m.toml"), "{body}\n→ {e}");
-        }
-    }
-
-    #[test]
-    fn boot_must_hold_two_deployments() {
-        let d = tempfile::tempdir().unwrap();
-        let body = "name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"BIOS\"\ntype = \"bios-boot\"\nsize = \"1M\"\n[[partitions]]\nlabel = \"ESP\"\ntype = \"esp\"\nsize = \"64M\"\n[[partitions]]\nlabel = \"boot\"\ntype = \"boot\"\nsize = \"64M\"\n[[partitions]]\nlabel = \"root\"\ntype = \"root\"\n";
-        let m = load(&write(d.path(), body)).unwrap();
-        let e = check_boot_size(&m, 37 * MIB).unwrap_err().to_string();
-        assert!(e.contains("two deployments") && e.contains("64 MiB"), "{e}");
-        assert!(check_boot_size(&m, 10 * MIB).is_ok());
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! `cairn image`: a commit → bootable disk images, as a flat list of steps over one context:
-//! deploy through libostree into a fresh sysroot, make the filesystems from directories, write
-//! the partition table and GRUB into a plain file, convert to the manifest's formats, write
-//! stream metadata.
+//! deploy through libostree into a fresh sysroot (with GRUB's environment block and the node's
+//! trial settings), make the filesystems from directories, write the partition table and GRUB
+//! into a plain file, convert to the manifest's formats, write stream metadata.
 
 pub mod artifacts;
 pub mod disk;
@@ -192,6 +192,7 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
         table.push_str("LABEL=boot /boot ext4 defaults 0 2\n");
     }
     fs_err::write(&fstab, table).with_context(|| format!("writing {}", fstab.display()))?;
+    node_files(ctx.m, &sysroot.join(&dep), &sysroot.join("boot"))?;
     if separate_boot {
         // /boot becomes its own filesystem.
         fs_err::rename(sysroot.join("boot"), ctx.w("bootfs"))?;
@@ -200,6 +201,27 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
         manifest::check_boot_size(ctx.m, kernels)?;
     }
     Ok(dep)
+}
+
+/// What the node's trial machinery needs from the image: GRUB's environment block in the
+/// directory that becomes /boot (1024 bytes, made here once: GRUB and the node only ever
+/// rewrite it in place), and the manifest's trial settings in the deployment's `/etc`
+/// (`cairn/node.toml`, and the deadline timer's drop-in), which every later deployment inherits
+/// through OSTree's `/etc` merge.
+fn node_files(m: &Manifest, deployment: &Path, boot: &Path) -> Result<()> {
+    let grub = boot.join("grub");
+    fs_err::create_dir_all(&grub)?;
+    fs_err::write(grub.join("grubenv"), crate::node::grubenv::empty_block())?;
+    let write = |rel: &str, text: String| -> Result<()> {
+        let p = deployment.join(rel);
+        fs_err::create_dir_all(p.parent().unwrap_or(deployment))?;
+        fs_err::write(&p, text).with_context(|| format!("writing {}", p.display()))
+    };
+    write(crate::node::CONFIG, m.node.to_toml())?;
+    write(
+        crate::node::units::DEADLINE_DROPIN,
+        crate::node::units::deadline_dropin(m.node.health_deadline.as_secs()),
+    )
 }
 
 fn dir_size(p: &Path) -> Result<u64> {

@@ -20,14 +20,7 @@ pub struct Signer {
     pub home: GpgHome,
 }
 
-/// Who signed a commit, as libostree reports it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Signature {
-    pub fingerprint: String,
-    /// Valid against the keys the check had (false when the key was not among them).
-    pub valid: bool,
-    pub timestamp: i64,
-}
+pub use crate::store::remote::Signature;
 
 impl Signer {
     /// Check the key `key_id` in `home` (see [`key::secret_key`]).
@@ -125,18 +118,9 @@ pub fn signatures(
             gio::Cancellable::NONE,
         )
         .with_context(|| format!("checking the signatures of {commit}"))?;
-    let mut v = Vec::new();
-    for i in 0..result.count_all() {
-        let all = result.all(i);
-        let b = |n: usize| all.child_value(n).get::<bool>().unwrap_or(false);
-        let primary: String = all.child_value(12).get().unwrap_or_default();
-        let fpr: String = all.child_value(5).get().unwrap_or_default();
-        v.push(Signature {
-            fingerprint: if primary.is_empty() { fpr } else { primary },
-            valid: b(0) && !b(1) && !b(3),
-            timestamp: all.child_value(6).get::<i64>().unwrap_or(0),
-        });
-    }
+    let v = (0..result.count_all())
+        .map(|i| crate::store::remote::signature(&result, i))
+        .collect();
     Ok(v)
 }
 

@@ -24,6 +24,31 @@ pub struct Trust<'a> {
     pub fingerprints: Vec<String>,
 }
 
+/// Who signed a commit, as libostree reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Signature {
+    /// The primary key's fingerprint (the signing subkey's when libostree names no primary).
+    pub fingerprint: String,
+    /// Valid against the keys the check had (false when the key was not among them).
+    pub valid: bool,
+    pub timestamp: i64,
+}
+
+/// Signature `i` of a verification result.
+pub fn signature(result: &ostree::GpgVerifyResult, i: u32) -> Signature {
+    // libostree's attributes: 0 valid, 1 signature expired, 3 key revoked, 5 fingerprint,
+    // 6 timestamp, 12 the primary key's fingerprint.
+    let all = result.all(i);
+    let b = |n: usize| all.child_value(n).get::<bool>().unwrap_or(false);
+    let primary: String = all.child_value(12).get().unwrap_or_default();
+    let fpr: String = all.child_value(5).get().unwrap_or_default();
+    Signature {
+        fingerprint: if primary.is_empty() { fpr } else { primary },
+        valid: b(0) && !b(1) && !b(3),
+        timestamp: all.child_value(6).get::<i64>().unwrap_or(0),
+    }
+}
+
 /// Add `name` to the sysroot's repo `repo`; with `trust`, trust only that key and check that
 /// `commit` (already in `repo`) carries its signature.
 pub fn add(

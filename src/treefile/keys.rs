@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -117,6 +117,38 @@ impl KeyValue for Script {
     fn flat(&self) -> Result<Value> {
         Ok(json!(file_digest(&self.0)?))
     }
+}
+
+/// `node-agent`: install the running cairn as `/usr/bin/cairn` with the node's systemd units
+/// (`cairn node`, automatic rollback). Its flattened value carries the digests of that binary
+/// and of the units, so a new cairn composes again; the same binary composes the same tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAgent(pub bool);
+
+impl KeyValue for NodeAgent {
+    type Raw = bool;
+    fn from_raw(raw: bool, _: &FileCtx, _: &str, _: &Origin) -> Result<Self> {
+        Ok(NodeAgent(raw))
+    }
+    fn flat(&self) -> Result<Value> {
+        if !self.0 {
+            return Ok(json!(false));
+        }
+        Ok(json!({
+            "binary": node_binary_digest()?,
+            "units": crate::node::units::digest(),
+        }))
+    }
+}
+
+/// The running cairn executable, which `node-agent` installs.
+pub fn node_binary() -> Result<PathBuf> {
+    std::env::current_exe().context("finding the running cairn executable (for `node-agent`)")
+}
+
+fn node_binary_digest() -> Result<String> {
+    let exe = node_binary()?;
+    crate::base::digest::sha256_file(&exe).with_context(|| format!("reading {}", exe.display()))
 }
 
 /// SHA-256 of a file's content and its executable bit.
@@ -325,6 +357,7 @@ treefile_keys! {
     locked    repos                     "repos":                    Vec<String>;
     locked    recommends                "recommends":               bool;
     locked    documentation             "documentation":            bool;
+    own       node_agent                "node-agent":               NodeAgent;
     inherited default_target            "default-target":           String;
     inherited automatic_version_prefix  "automatic-version-prefix": String;
     inherited mutate_os_release         "mutate-os-release":        String;

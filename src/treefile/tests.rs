@@ -359,6 +359,7 @@ fn variations(d: &Path) -> Vec<(&'static str, String, String)> {
             "repos = [\"deb http://b/ bookworm main\"]",
         ),
         v("recommends", "recommends = false", "recommends = true"),
+        v("node-agent", "node-agent = false", "node-agent = true"),
         v(
             "documentation",
             "documentation = false",

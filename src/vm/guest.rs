@@ -111,7 +111,7 @@ impl Guest {
         };
         self.check()?;
         match state.as_str() {
-            "running" => Ok(()),
+            "running" => self.wait_no_jobs(deadline),
             "degraded" => {
                 let failed = ssh
                     .run(
@@ -123,6 +123,26 @@ impl Guest {
                 bail!("the system is degraded; failed units: {failed}")
             }
             other => bail!("the system is {other:?}, not running"),
+        }
+    }
+
+    /// Wait until systemd has no job queued: units the boot started once it settled (a health
+    /// verdict) have finished.
+    fn wait_no_jobs(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            let jobs = self
+                .ssh
+                .run("systemctl list-jobs --no-legend", Duration::from_secs(30))?
+                .stdout;
+            if jobs.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("systemd still has jobs queued:\n{jobs}");
+            }
+            crate::base::interrupt::check()?;
+            self.check()?;
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 
@@ -161,15 +181,27 @@ impl Guest {
         self.wait_ready(deadline)
     }
 
-    /// Reboot, then follow the guest through the boots it makes by itself (a trial boot that
-    /// fails its health check, hangs or panics reboots; the bootloader falls back) until one is
-    /// ready and good: a new boot id, SSH, and `boot-complete.target` active (the node's own
-    /// verdict that the boot is healthy). Each time QEMU ends (the guest rebooted, under
-    /// `-no-reboot`) it is powered on again. Fatal console lines of the boots that rebooted are
-    /// theirs, not the good boot's. Returns every boot, the good one last.
-    pub fn follow(&mut self, deadline: Instant) -> Result<Vec<FollowedBoot>> {
-        let mut seen = vec![self.boot_id()?];
-        let _ = self.ssh.status("systemctl reboot", Duration::from_secs(30));
+    /// Reboot (or, with `by_guest`, the boot id before a reboot the guest asked for itself), then
+    /// follow the guest through the boots it makes by itself (a trial boot that fails its health
+    /// check, hangs or panics reboots; the bootloader falls back) until one is ready and good: a
+    /// new boot id, SSH, `boot-complete.target` active (the node's own verdict that the boot is
+    /// healthy) and no job queued. Each time QEMU ends (the guest rebooted, under `-no-reboot`)
+    /// it is powered on again. Fatal console lines of the boots that rebooted are theirs, not
+    /// the good boot's. Returns every boot, the good one last.
+    pub fn follow(
+        &mut self,
+        deadline: Instant,
+        by_guest: Option<String>,
+    ) -> Result<Vec<FollowedBoot>> {
+        let mut seen = match by_guest {
+            Some(id) => vec![id],
+            None => {
+                let id = self.boot_id()?;
+                // The connection may drop before systemctl answers.
+                let _ = self.ssh.status("systemctl reboot", Duration::from_secs(30));
+                vec![id]
+            }
+        };
         self.vm.wait_powered_off(deadline)?;
         let mut boots = Vec::new();
         loop {
@@ -214,7 +246,8 @@ impl Guest {
         let probe = format!(
             "b=$(cat /proc/sys/kernel/random/boot_id); echo \"$b\"; \
              if echo \"$b\" | grep -qx{known}; then echo old; \
-             elif systemctl is-active --quiet boot-complete.target; then echo good; \
+             elif systemctl is-active --quiet boot-complete.target && \
+               [ -z \"$(systemctl list-jobs --no-legend)\" ]; then echo good; \
              else echo waiting; fi"
         );
         loop {

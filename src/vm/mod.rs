@@ -67,7 +67,11 @@ pub fn accel(work: &Path, image: &Path) -> Accel {
         let note = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|b| std::env::temp_dir().join(format!("cairn-accel-{}", b.trim())))
             .ok();
-        match note.as_ref().and_then(|n| std::fs::read_to_string(n).ok()).as_deref() {
+        match note
+            .as_ref()
+            .and_then(|n| std::fs::read_to_string(n).ok())
+            .as_deref()
+        {
             Some("kvm") => return Accel::Kvm,
             Some("tcg") => {
                 tracing::info!("KVM did not run guests on this boot of the machine; using TCG");

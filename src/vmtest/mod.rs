@@ -9,6 +9,7 @@
 //! `$CAIRN_REBOOT <mark>` and is run again after the boot with `$CAIRN_REBOOT_MARK` set.
 
 pub mod header;
+mod reboot;
 pub mod report;
 
 use std::collections::VecDeque;
@@ -25,20 +26,13 @@ use crate::vm::guest::Guest;
 use crate::vm::ssh::Key;
 use crate::vm::{self, console, seed, Accel, Console, Spec};
 use header::TestDef;
+use reboot::{Next, REBOOT_HELPER};
 use report::{Boot, CaseResult, Report, Status};
 
 /// Where tests and their helper live in the guest (on /var, so it survives reboots).
 const GUEST_DIR: &str = "/var/tmp/cairn-vm-test";
 /// How many reboots one test may ask for.
 const MAX_REBOOTS: usize = 10;
-/// The reboot helper a test calls as `$CAIRN_REBOOT <mark>`: it leaves the mark for the harness
-/// and ends the test, like autopkgtest-reboot.
-const REBOOT_HELPER: &str = "#!/bin/sh\n\
-# cairn-reboot MARK: reboot the VM, then run this test again with CAIRN_REBOOT_MARK=MARK.\n\
-[ -n \"$1\" ] || { echo 'usage: cairn-reboot MARK' >&2; exit 2; }\n\
-printf '%s\\n' \"$1\" > /var/tmp/cairn-vm-test/reboot-mark\n\
-kill -TERM \"$PPID\"\n";
-
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -88,6 +82,7 @@ impl Case {
             output,
             artifacts,
             warnings: Vec::new(),
+            boots: Vec::new(),
         }
     }
 }
@@ -239,21 +234,32 @@ fn record(ctx: &Ctx, c: CaseResult) {
     }
 }
 
-fn record_boot(ctx: &Ctx, firmware: Firmware, kind: &'static str, took: Duration) {
-    tracing::info!(
-        "{} boot ({}, {}) ready in {:.1} s",
-        kind,
-        firmware.as_str(),
-        ctx.accel.as_str(),
-        took.as_secs_f64()
-    );
+/// Note a boot in the report (and, for a test's boots, in `boots`, for its result).
+fn record_boot(ctx: &Ctx, boot: Boot, boots: Option<&mut Vec<Boot>>) {
+    tracing::info!("boot {}", boot.line());
+    if let Some(b) = boots {
+        b.push(boot.clone());
+    }
     if let Ok(mut r) = ctx.report.lock() {
-        r.boots.push(Boot {
-            firmware: firmware.as_str(),
-            accel: ctx.accel,
-            kind,
-            seconds: took.as_secs_f64(),
-        });
+        r.boots.push(boot);
+    }
+}
+
+fn boot(
+    ctx: &Ctx,
+    firmware: Firmware,
+    kind: &'static str,
+    took: Duration,
+    test: Option<String>,
+) -> Boot {
+    Boot {
+        firmware: firmware.as_str(),
+        accel: ctx.accel,
+        kind,
+        seconds: took.as_secs_f64(),
+        test,
+        outcome: "ready",
+        fatal: Vec::new(),
     }
 }
 
@@ -265,7 +271,8 @@ fn run_group(ctx: &Ctx, group: Group) {
     let guest = boot_group(ctx, &group, &dir, &hostname);
     let mut guest = match guest {
         Ok(g) => {
-            record_boot(ctx, group.firmware, "first", started.elapsed());
+            let b = boot(ctx, group.firmware, "first", started.elapsed(), None);
+            record_boot(ctx, b, None);
             g
         }
         Err(e) => {
@@ -287,10 +294,11 @@ fn run_group(ctx: &Ctx, group: Group) {
     };
     for case in &group.cases {
         let t = Instant::now();
+        let mut boots = Vec::new();
         let (status, message, output) = if crate::base::interrupt::requested() {
             (Status::Fail, "interrupted".to_string(), String::new())
         } else {
-            match run_case(ctx, &mut guest, &group, case) {
+            match run_case(ctx, &mut guest, &group, case, &mut boots) {
                 Ok(r) => r,
                 Err(e) => (Status::Fail, format!("{e:#}"), String::new()),
             }
@@ -302,6 +310,7 @@ fn run_group(ctx: &Ctx, group: Group) {
         let _ = guest.check();
         let mut r = case.result(status, t.elapsed(), message, output, artifacts);
         r.warnings = guest.new_warnings();
+        r.boots = boots;
         record(ctx, r);
     }
 }
@@ -342,12 +351,13 @@ fn q(s: &str) -> String {
     crate::base::cmd::shell_quote(s)
 }
 
-/// Run one test, following its reboots; (status, message, output).
+/// Run one test, following its reboots (each noted in `boots`); (status, message, output).
 fn run_case(
     ctx: &Ctx,
     g: &mut Guest,
     group: &Group,
     case: &Case,
+    boots: &mut Vec<Boot>,
 ) -> Result<(Status, String, String)> {
     let deadline = Instant::now() + case.def.timeout;
     let body = fs_err::read(&case.def.path)
@@ -379,12 +389,16 @@ fn run_case(
     }
     let mut mark = String::new();
     let mut output = String::new();
-    for boot in 0..=MAX_REBOOTS {
+    let mut followed = 0;
+    for n in 0..=MAX_REBOOTS {
         let vars: Vec<String> = env
             .iter()
             .map(|(k, v)| format!("{k}={}", q(v)))
             .chain(std::iter::once(format!("CAIRN_REBOOT_MARK={}", q(&mark))))
+            .chain(std::iter::once(format!("CAIRN_REBOOT_BOOTS={followed}")))
             .collect();
+        // For a reboot the guest makes itself, the boot it leaves.
+        let before = g.boot_id()?;
         // The exit status goes to a file too: ssh's own 255 (a broken connection) and a test
         // that exits 255 then stay apart.
         let cmd = format!(
@@ -404,37 +418,76 @@ fn run_case(
             }
             Err(e) => return Err(e),
         };
-        if boot > 0 {
-            output.push_str(&format!("--- after reboot {boot} (mark {mark:?}) ---\n"));
+        if n > 0 {
+            output.push_str(&format!("--- after reboot {n} (mark {mark:?}) ---\n"));
         }
         output.push_str(&out.stdout);
         output.push_str(&out.stderr);
-        // Both files in one login, each on a line of its own whether or not it exists.
-        let state = g
-            .ssh
-            .status(
-                &format!(
-                    "cd {GUEST_DIR} && printf 'exit=%s\\nmark=%s\\n' \"$(cat exit-status 2>/dev/null)\" \"$(cat reboot-mark 2>/dev/null)\""
-                ),
-                short,
-            )
-            .map(|(_, o)| o.stdout)
-            .unwrap_or_default();
-        let field = |k: &str| {
-            state
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap_or("")
-                .trim()
-                .to_string()
+        let id = Some(case.id());
+        // A command that reboots the guest may take it down before the files can be read.
+        let guest = reboot::guest_reboot(&out.stdout);
+        let (code, next) = match guest {
+            Some(m) => (None, Next::Guest(m)),
+            None => {
+                // Both files in one login, each on a line of its own whether or not it exists.
+                let state = g
+                    .ssh
+                    .status(
+                        &format!(
+                            "cd {GUEST_DIR} && printf 'exit=%s\\nmark=%s\\n' \"$(cat exit-status 2>/dev/null)\" \"$(cat reboot-mark 2>/dev/null)\""
+                        ),
+                        short,
+                    )
+                    .map(|(_, o)| o.stdout)
+                    .unwrap_or_default();
+                let field = |k: &str| {
+                    state
+                        .lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                (
+                    field("exit=").parse::<i32>().ok(),
+                    Next::parse(&field("mark=")),
+                )
+            }
         };
-        let code: Option<i32> = field("exit=").parse().ok();
-        let next = field("mark=");
-        if !next.is_empty() {
-            mark = next;
-            let t = Instant::now();
-            g.reboot(deadline)?;
-            record_boot(ctx, case.firmware, "reboot", t.elapsed());
+        let (next, by_guest) = match next {
+            Next::Done => (None, None),
+            Next::Reboot(m) => {
+                let t = Instant::now();
+                g.reboot(deadline)?;
+                let b = boot(ctx, case.firmware, "reboot", t.elapsed(), id.clone());
+                record_boot(ctx, b, Some(boots));
+                followed = 1;
+                (Some(m), None)
+            }
+            Next::Follow(m) => (Some(m), Some(None)),
+            Next::Guest(m) => (Some(m), Some(Some(before.clone()))),
+        };
+        if let Some(by_guest) = by_guest {
+            let seen = g.follow(deadline, by_guest)?;
+            followed = seen.len();
+            for f in seen {
+                let mut b = boot(
+                    ctx,
+                    case.firmware,
+                    "followed",
+                    Duration::from_secs_f64(f.seconds),
+                    id.clone(),
+                );
+                if !f.good {
+                    b.outcome = "rebooted by itself";
+                }
+                b.fatal = f.fatal;
+                output.push_str(&format!("--- {} ---\n", b.line()));
+                record_boot(ctx, b, Some(boots));
+            }
+        }
+        if let Some(m) = next {
+            mark = m;
             continue;
         }
         g.check()?;
@@ -544,13 +597,5 @@ mod tests {
                 (Bios, vec!["d@bios".into()]),
             ]
         );
-    }
-
-    #[test]
-    fn reboot_helper_is_valid_shell() {
-        let out = crate::base::cmd::Cmd::new("sh")
-            .args(["-n", "-c", REBOOT_HELPER])
-            .run();
-        assert!(out.is_ok(), "{out:?}");
     }
 }

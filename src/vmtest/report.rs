@@ -46,6 +46,8 @@ pub struct CaseResult {
     /// Console lines that did not fail the test but are worth a look (a soft lockup or an RCU
     /// stall under TCG: the host starved the guest's CPU).
     pub warnings: Vec<String>,
+    /// Every boot during the test (its reboots, and the boots a followed reboot went through).
+    pub boots: Vec<Boot>,
 }
 
 impl CaseResult {
@@ -65,9 +67,18 @@ impl CaseResult {
         l
     }
 
-    /// What JUnit's system-out holds: the test's output, then the console warnings.
+    /// What JUnit's system-out holds: the test's output, its boots, then the console warnings.
     fn system_out(&self) -> String {
         let mut s = self.output.clone();
+        if !self.boots.is_empty() {
+            if !s.is_empty() && !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s.push_str("--- boots during the test ---\n");
+            for (i, b) in self.boots.iter().enumerate() {
+                s.push_str(&format!("boot {}: {}\n", i + 1, b.line()));
+            }
+        }
         if !self.warnings.is_empty() {
             if !s.is_empty() && !s.ends_with('\n') {
                 s.push('\n');
@@ -84,14 +95,42 @@ impl CaseResult {
     }
 }
 
-/// How long a boot took from QEMU's start (or the reboot) to a settled `running` system.
+/// How long a boot took from QEMU's start (or the reboot) to a settled `running` system, or to
+/// the guest's own reboot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Boot {
     pub firmware: &'static str,
     pub accel: Accel,
-    /// `first` or `reboot`.
+    /// `first`, `reboot`, or `followed` (a boot after a reboot the harness follows).
     pub kind: &'static str,
     pub seconds: f64,
+    /// The test it belongs to (none for a VM's first boot).
+    pub test: Option<String>,
+    /// `ready`, or `rebooted by itself` (a followed boot that did not become good).
+    pub outcome: &'static str,
+    /// Fatal console lines of a boot that rebooted by itself (its own, not the test's).
+    pub fatal: Vec<String>,
+}
+
+impl Boot {
+    /// The line printed for it.
+    pub fn line(&self) -> String {
+        let mut l = format!(
+            "{} ({}, {}): {} in {:.1} s",
+            self.kind,
+            self.firmware,
+            self.accel.as_str(),
+            self.outcome,
+            self.seconds
+        );
+        if let Some(t) = &self.test {
+            l.push_str(&format!(" [{t}]"));
+        }
+        for f in &self.fatal {
+            l.push_str(&format!("; console: {f}"));
+        }
+        l
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -223,6 +262,19 @@ mod tests {
                 } else {
                     Vec::new()
                 },
+                boots: if n == "a" {
+                    vec![Boot {
+                        firmware: "bios",
+                        accel: Accel::Tcg,
+                        kind: "followed",
+                        seconds: 151.25,
+                        test: Some("a@bios".into()),
+                        outcome: "rebooted by itself",
+                        fatal: vec!["Kernel panic - not syncing".into()],
+                    }]
+                } else {
+                    Vec::new()
+                },
             });
         }
         r.write_junit().unwrap();
@@ -235,6 +287,10 @@ mod tests {
         );
         assert!(xml.contains("exit status 3"), "{xml}");
         assert!(xml.contains("soft lockup - CPU#0 stuck for 22s"), "{xml}");
+        assert!(
+            xml.contains("boot 1: followed (bios, tcg): rebooted by itself in 151.2 s [a@bios]; console: Kernel panic"),
+            "{xml}"
+        );
         assert!(r.summary().starts_with("1 passed, 1 failed, 1 skipped"));
         assert!(
             r.summary().ends_with(", 1 console warning"),
