@@ -47,7 +47,6 @@ fn steps(r: &Value) -> Vec<(String, String, String)> {
 }
 
 #[test]
-#[ignore = "needs the node agent (cairn node, issue 12) in the image"]
 fn rollouts_keep_every_request() {
     let started = Instant::now();
     let work = tempfile::Builder::new()

@@ -18,6 +18,30 @@ pub enum FleetCommand {
     Up(FleetArgs),
     /// Stop the fleet's HAProxy and its VMs.
     Down(FleetArgs),
+    /// Send requests through the fleet's load balancer until interrupted (or `--for` passes)
+    /// and count every failure: a smoke load to watch a rollout by.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The fleet manifest (its `load-balancer.listen` and `service.health-path`).
+    pub manifest: PathBuf,
+    /// Stop after this long (e.g. "90s", "10m"); default: until SIGINT or SIGTERM.
+    #[arg(long = "for", value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Pause between one worker's requests, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// A request slower than this fails as a timeout.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,7 +142,50 @@ pub fn fleet(c: FleetCommand) -> Result<()> {
             Ok(())
         }
         FleetCommand::Down(a) => ops::down(&a.manifest, &a.paths.paths()),
+        FleetCommand::Load(a) => load(a),
     }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::base::units::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like \"90s\", \"10m\" or \"1h\""))
+}
+
+fn load(a: LoadArgs) -> Result<()> {
+    let f = crate::fleet::manifest::load(&a.manifest)?;
+    let url = format!("http://{}{}", f.listen, f.service.health_path);
+    let load = crate::fleet::load::Load::start(&crate::fleet::load::LoadOpts {
+        url: url.clone(),
+        workers: a.workers.max(1),
+        interval: Duration::from_millis(a.interval_ms),
+        timeout: a.timeout,
+    });
+    let end = a.duration.map(|d| std::time::Instant::now() + d);
+    tracing::info!("loading {url} ({} workers)", a.workers.max(1));
+    while !crate::base::interrupt::requested() && end.is_none_or(|e| std::time::Instant::now() < e)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = load.stop();
+    if a.json {
+        print_json(&r)?;
+    } else {
+        say(format_args!(
+            "{} requests, {} failed {:?} in {:.0} s; by page: {:?}",
+            r.requests, r.failed, r.failures, r.seconds, r.bodies
+        ))?;
+        for e in &r.examples {
+            say(format_args!("  {e}"))?;
+        }
+    }
+    if r.failed > 0 {
+        anyhow::bail!(
+            "{} of {} requests through {url} failed",
+            r.failed,
+            r.requests
+        );
+    }
+    Ok(())
 }
 
 fn manifest(m: Option<PathBuf>, p: &Paths) -> Result<PathBuf> {

@@ -233,4 +233,43 @@ mod tests {
         assert!(parse(&["sbom", "a", "--format", "cyclonedx"]).is_ok());
         assert!(parse(&["sbom", "a", "--format", "xml"]).is_err());
     }
+
+    #[test]
+    fn fleet_commands() {
+        let c = parse(&["fleet", "load", "f.toml", "--for", "90s", "--json"]).unwrap();
+        let Command::Fleet {
+            command: fleet::FleetCommand::Load(a),
+        } = c.command
+        else {
+            panic!("not fleet load")
+        };
+        assert_eq!(a.duration, Some(std::time::Duration::from_secs(90)));
+        assert_eq!((a.workers, a.interval_ms, a.json), (2, 100, true));
+        assert!(parse(&["fleet", "load", "f.toml", "--for", "soon"]).is_err());
+        assert!(parse(&[
+            "rollout",
+            "start",
+            "f.toml",
+            "--to",
+            "r",
+            "--strategy",
+            "replace"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "rollout",
+            "start",
+            "f.toml",
+            "--to",
+            "r",
+            "--strategy",
+            "blue"
+        ])
+        .is_err());
+        assert!(
+            parse(&["rollout", "start", "f.toml"]).is_err(),
+            "--to is required"
+        );
+        assert!(parse(&["rollout", "status", "--json", "--watch"]).is_ok());
+    }
 }

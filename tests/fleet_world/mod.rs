@@ -88,7 +88,9 @@ impl World {
             &image_manifest,
             format!(
                 "name = \"fleet-app\"\nref = \"cairn/amd64/app-example\"\nosname = \"cairn\"\n\
-                 kernel-arguments = [\"console=ttyS0,115200n8\"]\nsize = \"4G\"\n\
+                 kernel-arguments = [\"console=ttyS0,115200n8\", \"panic=10\", \"rd.shell=0\", \"rd.emergency=reboot\", \
+                 \"rd.modules-load=virtio_pci,virtio_blk,virtio_scsi\"]\n\
+                 trial-boots = 1\nhealth-deadline = \"5m\"\nsize = \"4G\"\n\
                  firmware = [\"bios\"]\nformats = [\"qcow2\"]\nprovisioning = \"nocloud\"\n\
                  remote-url = \"http://10.0.2.2:{repo_port}/\"\n\
                  remote-gpg-key-file = \"{}\"\n",
