@@ -396,6 +396,14 @@ fn shipped_image_passes_the_base_and_node_suites() {
         };
         if status != want {
             failed.push(format!("{id}: {status}, not {want}: {}", c["message"]));
+            // What the test printed, for the CI log (the output directory goes with the test).
+            let text = std::fs::read_to_string(out_dir.join(id).join("output.txt"))
+                .unwrap_or_else(|e| format!("(no output.txt: {e})"));
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("--- {id}: the last lines of its output ---");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
