@@ -1,4 +1,4 @@
-//! The world `tests/fleet.rs` runs in: a signing key, versions of the app-example layer composed
+//! The world `fleet.rs` runs in: a signing key, versions of the app-example layer composed
 //! to its ref, the image and fleet manifests pointing at them, and the `cairn` commands the
 //! operator would type. Everything lives in one temporary directory; the fleet's VMs and
 //! HAProxy are brought down on drop, also when a step panics.

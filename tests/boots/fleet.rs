@@ -13,12 +13,10 @@
 //! Zero failed requests throughout. Needs root, the build host's apt sources, QEMU, HAProxy and
 //! gpg (.ci/deps installs them).
 
-mod fleet_world;
-
 use std::time::{Duration, Instant};
 
+use super::fleet_world::{ok, text, World};
 use cairn::fleet::load::{Load, LoadOpts};
-use fleet_world::{ok, text, World};
 use serde_json::Value;
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {

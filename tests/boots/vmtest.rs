@@ -20,15 +20,11 @@
 //! | s5 | `test/old`, `test/new` (v2's tree) |
 //! | s6 | `test/old` retired in favour of `test/new`; `test/unsigned`, `test/otherkey`, `test/tampered` (an object replaced), `test/v3-fail` |
 
-// Shared with tests/release.rs, which uses the parts this test does not.
-#[allow(dead_code)]
-mod release_world;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use release_world::{new_key, ok, World};
+use super::release_world::{new_key, ok, World};
 use serde_json::Value;
 
 /// Seconds from power-on to the health verdict of a trial boot: TCG on a loaded 2-core machine
