@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod disk;
+pub mod grub;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};
@@ -282,7 +283,7 @@ fn filesystems(ctx: &mut Ctx) -> Result<()> {
 fn bootloader(ctx: &Ctx) -> Result<()> {
     let raw = ctx.w("disk.raw");
     disk::partition(ctx.m, &raw, &|what| ctx.guid(what))?;
-    disk::grub_images(ctx.work.path(), ctx.m.partition(PartKind::Boot).is_some())?;
+    grub::grub_images(ctx.work.path(), ctx.m.partition(PartKind::Boot).is_some())?;
     if ctx.m.firmware.contains(&Firmware::Uefi) {
         let serial = &ctx.guid("fs-esp").replace('-', "")[..8];
         disk::mkfs_esp(
@@ -298,7 +299,7 @@ fn bootloader(ctx: &Ctx) -> Result<()> {
         if !boot_img.exists() {
             bail!("{} is missing: install grub-pc-bin", boot_img.display());
         }
-        disk::install_bios(
+        grub::install_bios(
             &raw,
             ctx.part(PartKind::BiosBoot)?,
             &ctx.w("core.img"),
