@@ -101,28 +101,35 @@ pub fn grub_images(work: &Path, separate_boot: bool) -> Result<()> {
         .arg("cairn.cfg")
         .run()
         .context("making GRUB's memdisk")?;
-    Cmd::new("grub-mkimage")
-        .args(["-O", "i386-pc", "-p", "/grub", "-c"])
-        .arg(&cfg)
-        .arg("-m")
-        .arg(&tar)
-        .arg("-o")
-        .arg(work.join("core.img"))
-        .args(GRUB_MODULES)
-        .args(["biosdisk", "linux16"])
-        .run()
-        .context("building GRUB's BIOS core image")?;
-    Cmd::new("grub-mkimage")
-        .args(["-O", "x86_64-efi", "-p", "/grub", "-c"])
-        .arg(&efi_cfg)
-        .arg("-m")
-        .arg(&tar)
-        .arg("-o")
-        .arg(work.join("BOOTX64.EFI"))
-        .args(GRUB_MODULES)
-        .args(["fat", "efi_gop"])
-        .run()
-        .context("building GRUB's UEFI image")?;
+    let images = [
+        (
+            "i386-pc",
+            &cfg,
+            "core.img",
+            ["biosdisk", "linux16"],
+            "BIOS core image",
+        ),
+        (
+            "x86_64-efi",
+            &efi_cfg,
+            "BOOTX64.EFI",
+            ["fat", "efi_gop"],
+            "UEFI image",
+        ),
+    ];
+    for (format, config, out, extra, what) in images {
+        Cmd::new("grub-mkimage")
+            .args(["-O", format, "-p", "/grub", "-c"])
+            .arg(config)
+            .arg("-m")
+            .arg(&tar)
+            .arg("-o")
+            .arg(work.join(out))
+            .args(GRUB_MODULES)
+            .args(extra)
+            .run()
+            .with_context(|| format!("building GRUB's {what}"))?;
+    }
     Ok(())
 }
 
