@@ -27,9 +27,10 @@ use std::time::Instant;
 use super::release_world::{new_key, ok, World};
 use serde_json::Value;
 
-/// Seconds from power-on to the health verdict of a trial boot: TCG on a loaded 2-core machine
-/// takes 2–3 minutes to a healthy verdict, so a healthy trial must never be cut short.
-const DEADLINE: &str = "8m";
+/// From power-on to the health verdict of a trial boot. Trial boots reach a healthy verdict in
+/// 55–135 s under TCG on a loaded 2-core machine (the fleet test's VMs beside these): five
+/// minutes never cuts a healthy trial short, and bounds the hung-boot test.
+const DEADLINE: &str = "5m";
 
 fn shipped(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
