@@ -67,7 +67,7 @@ loader=$!
 sleep 5
 wall=$(seconds "$bin" rollout start "$w/fleet.toml" --to cairn/amd64/app-example "${paths[@]}")
 sleep 5
-kill -INT "$loader"
+kill -TERM "$loader"
 wait "$loader" || true
 loader=
 
