@@ -95,8 +95,13 @@ fn diff_and_sbom_need_a_repo() {
 #[test]
 fn shipped_manifest_parses() {
     let m = cairn::image::manifest::load(Path::new("manifests/qemu.toml")).unwrap();
-    assert_eq!(m.partitions.len(), 4);
+    // BIOS boot, ESP and root: /boot lives on the root filesystem.
+    assert_eq!(m.partitions.len(), 3);
+    assert!(m
+        .partition(cairn::image::manifest::PartKind::Boot)
+        .is_none());
     assert_eq!(m.firmware.len(), 2, "bios and uefi in one image");
+    assert_eq!(m.node.trial_boots, 3);
 }
 
 fn vm_test_err(dir: &Path, args: &[&str]) -> String {
