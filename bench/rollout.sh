@@ -80,7 +80,8 @@ for line in open(audit):
     e = json.loads(line)
     if e.get("command") != "rollout":
         continue
-    node, step, at = e.get("node"), e.get("step"), t(e["time"])
+    d = e.get("detail", {})
+    node, step, at = d.get("node"), d.get("step"), t(e["time"])
     if step == "draining":
         first.setdefault(node, at)
     elif step == "baking":
