@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::agent;
 use super::haproxy::State as LbState;
 use super::rollout::{bake, halt, run_batch, Ctx};
 use super::state::{Node, NodeStep, Phase, Role, Rollout};
@@ -70,11 +69,7 @@ pub fn run(ctx: &Ctx) -> Result<Rollout> {
     let policy = &ctx.fleet.policy;
     loop {
         crate::base::interrupt::check()?;
-        let r = ctx
-            .state
-            .lock()
-            .map(|s| s.clone())
-            .map_err(|_| poisoned())?;
+        let r = ctx.snapshot()?;
         let step = next(
             &r,
             ctx.fleet.size(),
@@ -132,7 +127,7 @@ fn poisoned() -> anyhow::Error {
 /// Record a new node about to be made (before it is, so that a resumed rollout knows of it).
 fn add_new(ctx: &Ctx, name: &str) -> Result<()> {
     let r = {
-        let mut s = ctx.state.lock().map_err(|_| poisoned())?;
+        let mut s = ctx.locked()?;
         let (commit, version) = (s.to_commit.clone(), s.to_version.clone());
         s.nodes.push(Node {
             name: name.to_string(),
@@ -155,11 +150,7 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
     let deadline = Instant::now() + policy.node_timeout;
     loop {
         crate::base::interrupt::check()?;
-        let r = ctx
-            .state
-            .lock()
-            .map(|s| s.clone())
-            .map_err(|_| poisoned())?;
+        let r = ctx.snapshot()?;
         let node = r
             .node(name)
             .with_context(|| format!("internal: no node {name}"))?
@@ -176,23 +167,11 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
             }
             NodeStep::Verifying { boot_id } => {
                 let rec = ctx.node_record(name)?;
-                let st = agent::await_verdict(
-                    name,
-                    &rec.ssh,
-                    &boot_id,
-                    &r.to_commit,
-                    deadline,
-                    &|| ctx.alive(name),
-                )?;
-                agent::await_healthy(&rec.service, &ctx.fleet.service, deadline)?;
-                if ctx.lb.server(name).is_err() {
-                    ctx.lb.add_server(name, &rec.service)?;
-                }
-                ctx.set(name, |n| {
-                    n.commit = st.commit.clone();
-                    n.version = st.version.clone();
-                    n.health = "healthy".into();
-                    n.step = NodeStep::Baking;
+                ctx.verify(name, &rec, &boot_id, &r.to_commit, deadline, || {
+                    if ctx.lb.server(name).is_err() {
+                        ctx.lb.add_server(name, &rec.service)?;
+                    }
+                    Ok(())
                 })?;
             }
             NodeStep::Baking => {

@@ -71,20 +71,21 @@ impl Ctx<'_> {
         self.provider.lock().is_ok_and(|p| p.alive(name))
     }
 
-    pub(super) fn snapshot(&self) -> Result<Rollout> {
+    /// The rollout state, locked.
+    pub(super) fn locked(&self) -> Result<std::sync::MutexGuard<'_, Rollout>> {
         self.state
             .lock()
-            .map(|s| s.clone())
             .map_err(|_| anyhow::anyhow!("internal: state lock poisoned"))
+    }
+
+    pub(super) fn snapshot(&self) -> Result<Rollout> {
+        Ok(self.locked()?.clone())
     }
 
     /// Change one node and persist the whole state (and an audit line).
     pub(super) fn set(&self, name: &str, f: impl FnOnce(&mut Node)) -> Result<()> {
         let (r, node) = {
-            let mut s = self
-                .state
-                .lock()
-                .map_err(|_| anyhow::anyhow!("internal: state lock poisoned"))?;
+            let mut s = self.locked()?;
             let n = s
                 .node_mut(name)
                 .with_context(|| format!("internal: no node {name} in the rollout"))?;
@@ -110,12 +111,34 @@ impl Ctx<'_> {
         self.set(name, |n| n.step = step)
     }
 
+    /// Wait for node `name`, booted again (a boot id other than `boot_id`), to call itself
+    /// healthy on the rollout's commit and for its service to pass its checks; `admit` runs
+    /// between that and the move to `Baking` (replace adds a new node to HAProxy there).
+    pub(super) fn verify(
+        &self,
+        name: &str,
+        rec: &NodeRecord,
+        boot_id: &str,
+        to_commit: &str,
+        deadline: Instant,
+        admit: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let st = agent::await_verdict(name, &rec.ssh, boot_id, to_commit, deadline, &|| {
+            self.alive(name)
+        })?;
+        agent::await_healthy(&rec.service, &self.fleet.service, deadline)?;
+        admit()?;
+        self.set(name, |n| {
+            n.commit = st.commit.clone();
+            n.version = st.version.clone();
+            n.health = "healthy".into();
+            n.step = NodeStep::Baking;
+        })
+    }
+
     pub(super) fn set_phase(&self, phase: Phase, reason: Option<String>) -> Result<Rollout> {
         let r = {
-            let mut s = self
-                .state
-                .lock()
-                .map_err(|_| anyhow::anyhow!("internal: state lock poisoned"))?;
+            let mut s = self.locked()?;
             s.phase = phase;
             if reason.is_some() {
                 s.reason = reason;
@@ -311,21 +334,7 @@ fn in_place(ctx: &Ctx, name: &str) -> Result<()> {
                 ctx.step(name, NodeStep::Verifying { boot_id })?;
             }
             NodeStep::Verifying { boot_id } => {
-                let st = agent::await_verdict(
-                    name,
-                    &rec.ssh,
-                    &boot_id,
-                    &r.to_commit,
-                    deadline,
-                    &|| ctx.alive(name),
-                )?;
-                agent::await_healthy(&rec.service, &ctx.fleet.service, deadline)?;
-                ctx.set(name, |n| {
-                    n.commit = st.commit.clone();
-                    n.version = st.version.clone();
-                    n.health = "healthy".into();
-                    n.step = NodeStep::Baking;
-                })?;
+                ctx.verify(name, &rec, &boot_id, &r.to_commit, deadline, || Ok(()))?;
             }
             NodeStep::Baking => {
                 ctx.lb.set_state(name, LbState::Ready)?;
