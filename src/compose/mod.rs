@@ -481,12 +481,14 @@ fn commit(ctx: &mut Ctx) -> Result<ComposeResult> {
                 commit,
                 checked_out_at: ctx.checked_out_at,
             }),
-            ref_: &ctx.tf.ref_,
-            parent: ctx.previous.as_ref().map(|p| p.checksum.as_str()),
-            subject: &subject,
-            meta: &meta,
-            timestamp: u64::try_from(ctx.epoch).unwrap_or(0),
-            signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
+            header: store::Header {
+                ref_: &ctx.tf.ref_,
+                parent: ctx.previous.as_ref().map(|p| p.checksum.as_str()),
+                subject: &subject,
+                meta: &meta,
+                timestamp: u64::try_from(ctx.epoch).unwrap_or(0),
+                signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
+            },
         },
     )?;
     ph.done(&checksum[..12]);

@@ -181,19 +181,22 @@ pub fn promote(
         ..source.meta.clone()
     };
     let version = source.meta.version.clone();
+    let subject = format!(
+        "{to} {} (promoted from {from})",
+        version.as_deref().unwrap_or("")
+    );
     let new = store::recommit(
         &r,
         &store::Recommit {
-            ref_: to,
             tree_of: &src_commit,
-            parent: old.as_deref(),
-            subject: format!(
-                "{to} {} (promoted from {from})",
-                version.as_deref().unwrap_or("")
-            ),
-            meta: &meta,
-            timestamp: source.timestamp,
-            signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
+            header: store::Header {
+                ref_: to,
+                parent: old.as_deref(),
+                subject: &subject,
+                meta: &meta,
+                timestamp: source.timestamp,
+                signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
+            },
         },
     )
     .with_context(|| format!("promoting {from} to {to}"))?;
@@ -253,16 +256,19 @@ pub fn retire(
         ..info.meta.clone()
     };
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+    let subject = format!("{ref_}: end of life, move to {rebase_to}");
     let new = store::recommit(
         &r,
         &store::Recommit {
-            ref_,
             tree_of: &old,
-            parent: Some(&old),
-            subject: format!("{ref_}: end of life, move to {rebase_to}"),
-            meta: &meta,
-            timestamp: now.max(info.timestamp),
-            signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
+            header: store::Header {
+                ref_,
+                parent: Some(&old),
+                subject: &subject,
+                meta: &meta,
+                timestamp: now.max(info.timestamp),
+                signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
+            },
         },
     )
     .with_context(|| format!("retiring {ref_}"))?;

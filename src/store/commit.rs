@@ -28,19 +28,12 @@ pub struct NewCommit<'a> {
     pub root: &'a Path,
     /// For a layer: start from the parent's tree and write only what changed.
     pub base: Option<Base<'a>>,
-    pub ref_: &'a str,
-    pub parent: Option<&'a str>,
-    pub subject: &'a str,
-    pub meta: &'a CommitMeta,
-    pub timestamp: u64,
-    pub signer: Option<&'a dyn SignCommit>,
+    pub header: Header<'a>,
 }
 
 /// Commit the directory `c.root` and move `c.ref_` to it, in one transaction.
 pub fn write_commit(repo: &ostree::Repo, c: &NewCommit) -> Result<String> {
-    repo.prepare_transaction(gio::Cancellable::NONE)
-        .context("starting an OSTree transaction")?;
-    let result = (|| -> Result<String> {
+    in_transaction(repo, || {
         let (mtree, filter) = match &c.base {
             None => (ostree::MutableTree::new(), None),
             Some(b) => {
@@ -65,19 +58,15 @@ pub fn write_commit(repo: &ostree::Repo, c: &NewCommit) -> Result<String> {
         let root = root
             .downcast::<ostree::RepoFile>()
             .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
-        finish(
-            repo,
-            &root,
-            Header {
-                ref_: c.ref_,
-                parent: c.parent,
-                subject: c.subject,
-                meta: c.meta,
-                timestamp: c.timestamp,
-                signer: c.signer,
-            },
-        )
-    })();
+        finish(repo, &root, &c.header)
+    })
+}
+
+/// Run `f` in an OSTree transaction, aborted when it fails (`f` commits it: [`finish`]).
+fn in_transaction(repo: &ostree::Repo, f: impl FnOnce() -> Result<String>) -> Result<String> {
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .context("starting an OSTree transaction")?;
+    let result = f();
     if result.is_err() {
         let _ = repo.abort_transaction(gio::Cancellable::NONE);
     }
@@ -85,19 +74,19 @@ pub fn write_commit(repo: &ostree::Repo, c: &NewCommit) -> Result<String> {
 }
 
 /// What every commit object carries besides its tree.
-struct Header<'a> {
-    ref_: &'a str,
-    parent: Option<&'a str>,
-    subject: &'a str,
-    meta: &'a CommitMeta,
-    timestamp: u64,
-    signer: Option<&'a dyn SignCommit>,
+pub struct Header<'a> {
+    pub ref_: &'a str,
+    pub parent: Option<&'a str>,
+    pub subject: &'a str,
+    pub meta: &'a CommitMeta,
+    pub timestamp: u64,
+    pub signer: Option<&'a dyn SignCommit>,
 }
 
 /// The end of every commit's transaction: write the commit object for `root`, sign it, move
 /// the ref, commit the transaction.
-fn finish(repo: &ostree::Repo, root: &ostree::RepoFile, h: Header) -> Result<String> {
-    let Header {
+fn finish(repo: &ostree::Repo, root: &ostree::RepoFile, h: &Header) -> Result<String> {
+    let &Header {
         ref_,
         parent,
         subject,
@@ -211,42 +200,20 @@ fn libc_at_fdcwd() -> i32 {
 
 /// A new commit of an existing commit's tree (promotion, retirement): no object is written.
 pub struct Recommit<'a> {
-    pub ref_: &'a str,
     /// The commit whose tree the new one has.
     pub tree_of: &'a str,
-    pub parent: Option<&'a str>,
-    pub subject: String,
-    pub meta: &'a CommitMeta,
-    pub timestamp: u64,
-    pub signer: Option<&'a dyn SignCommit>,
+    pub header: Header<'a>,
 }
 
 /// Write `c` and move its ref, signed, in one transaction.
 pub fn recommit(repo: &ostree::Repo, c: &Recommit) -> Result<String> {
-    repo.prepare_transaction(gio::Cancellable::NONE)
-        .context("starting an OSTree transaction")?;
-    let result = (|| -> Result<String> {
+    in_transaction(repo, || {
         let (root, _) = repo
             .read_commit(c.tree_of, gio::Cancellable::NONE)
             .with_context(|| format!("reading the tree of {}", c.tree_of))?;
         let root = root
             .downcast::<ostree::RepoFile>()
             .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
-        finish(
-            repo,
-            &root,
-            Header {
-                ref_: c.ref_,
-                parent: c.parent,
-                subject: &c.subject,
-                meta: c.meta,
-                timestamp: c.timestamp,
-                signer: c.signer,
-            },
-        )
-    })();
-    if result.is_err() {
-        let _ = repo.abort_transaction(gio::Cancellable::NONE);
-    }
-    result
+        finish(repo, &root, &c.header)
+    })
 }

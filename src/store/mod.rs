@@ -12,7 +12,7 @@ pub mod remote;
 pub mod serve;
 pub mod sysroot;
 
-pub use commit::{checkout, recommit, write_commit, Base, NewCommit, Recommit, SignCommit};
+pub use commit::{checkout, recommit, write_commit, Base, Header, NewCommit, Recommit, SignCommit};
 pub use meta::{keys, CommitMeta, MetaValue, Provenance};
 
 use std::path::Path;

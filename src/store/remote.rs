@@ -107,12 +107,14 @@ mod tests {
             &crate::store::NewCommit {
                 root: &tree,
                 base: None,
-                ref_: "t/x",
-                parent: None,
-                subject: "t",
-                meta: &crate::store::CommitMeta::default(),
-                timestamp: 1,
-                signer: None,
+                header: crate::store::Header {
+                    ref_: "t/x",
+                    parent: None,
+                    subject: "t",
+                    meta: &crate::store::CommitMeta::default(),
+                    timestamp: 1,
+                    signer: None,
+                },
             },
         )
         .unwrap();
