@@ -7,18 +7,39 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 
-/// Read and parse the TOML file at `path` (`what` says what it is, for errors); returns the
-/// source too, for the lines of later errors.
-pub fn parse_toml<T: DeserializeOwned>(path: &Path, what: &str) -> Result<(String, T)> {
-    let src = fs_err::read_to_string(path).with_context(|| format!("reading the {what}"))?;
-    let raw = toml::from_str(&src).map_err(|e| {
+/// A parsed file's name and text: where its errors point.
+pub struct Located {
+    /// The path as given, for errors.
+    pub file: String,
+    text: String,
+}
+
+impl Located {
+    /// `file:line` of a byte offset.
+    pub fn at(&self, offset: usize) -> String {
+        format!("{}:{}", self.file, line_of(&self.text, offset))
+    }
+
+    /// A key the file must have; an error naming the file and the key otherwise.
+    pub fn required<'a, T>(&self, v: &'a Option<Spanned<T>>, key: &str) -> Result<&'a Spanned<T>> {
+        v.as_ref()
+            .ok_or_else(|| anyhow!("{}: key `{key}` is missing", self.file))
+    }
+}
+
+/// Read and parse the TOML file at `path` (`what` says what it is, for errors); returns where
+/// it is too, for the lines of later errors.
+pub fn parse_toml<T: DeserializeOwned>(path: &Path, what: &str) -> Result<(Located, T)> {
+    let text = fs_err::read_to_string(path).with_context(|| format!("reading the {what}"))?;
+    let raw = toml::from_str(&text).map_err(|e| {
         anyhow!(
             "{}: invalid {what}: {}",
             path.display(),
             e.to_string().trim_end()
         )
     })?;
-    Ok((src, raw))
+    let file = path.display().to_string();
+    Ok((Located { file, text }, raw))
 }
 
 /// A name that becomes a file or directory name: letters, digits, `-`, `_` and `.`, not

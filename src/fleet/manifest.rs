@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::base::span::{check_name, line_of, parse_toml};
+use crate::base::span::{check_name, parse_toml};
 use crate::base::units::{parse_duration, parse_size};
 
 #[derive(Debug, Deserialize)]
@@ -238,15 +238,12 @@ fn count(v: &toml::Value, n: u32, round_up: bool) -> Option<u32> {
 
 /// Load and validate the fleet manifest at `path`.
 pub fn load(path: &Path) -> Result<Fleet> {
-    let (src, raw): (String, RawFleet) = parse_toml(path, "fleet manifest")?;
-    let file = path.display().to_string();
-    let at = |offset: usize| format!("{file}:{}", line_of(&src, offset));
+    let (doc, raw): (_, RawFleet) = parse_toml(path, "fleet manifest")?;
+    let file = &doc.file;
+    let at = |offset: usize| doc.at(offset);
     let dir = path.parent().unwrap_or(Path::new("."));
 
-    let name = raw
-        .name
-        .as_ref()
-        .ok_or_else(|| anyhow!("{file}: key `name` is missing"))?;
+    let name = doc.required(&raw.name, "name")?;
     check_name(name, "name", 64, &at)?;
     let n = name.get_ref();
 
@@ -381,7 +378,7 @@ pub fn load(path: &Path) -> Result<Fleet> {
         Provider::Qemu { nodes, .. } => *nodes,
         Provider::Ssh { hosts } => hosts.len() as u32,
     };
-    let policy = policy(raw.policy, size, &provider, &at, &file)?;
+    let policy = policy(raw.policy, size, &provider, &at, file)?;
     let repo_listen = match raw.repo {
         None => None,
         Some(r) => {

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::base::span::{check_name, line_of, parse_toml};
+use crate::base::span::{check_name, parse_toml};
 pub use crate::base::units::parse_size;
 pub use crate::base::Firmware;
 
@@ -156,15 +156,12 @@ impl Manifest {
 
 /// Load and validate the manifest at `path`.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let (src, raw): (String, RawManifest) = parse_toml(path, "image manifest")?;
-    let file = path.display().to_string();
-    let at = |offset: usize| format!("{file}:{}", line_of(&src, offset));
+    let (doc, raw): (_, RawManifest) = parse_toml(path, "image manifest")?;
+    let file = &doc.file;
+    let at = |offset: usize| doc.at(offset);
     let dir = path.parent().unwrap_or(Path::new("."));
 
-    let name = raw
-        .name
-        .as_ref()
-        .ok_or_else(|| anyhow!("{file}: key `name` is missing"))?;
+    let name = doc.required(&raw.name, "name")?;
     check_name(name, "name", 64, &at)?;
     let name = name.get_ref().clone();
     let source = match (&raw.treefile, &raw.ref_) {
@@ -255,7 +252,7 @@ pub fn load(path: &Path) -> Result<Manifest> {
         ],
         &at,
     )?;
-    let partitions = layout(raw.partitions, size, &firmware, &at, &file)?;
+    let partitions = layout(raw.partitions, size, &firmware, &at, file)?;
     if let Some(u) = &raw.remote_url {
         let ok = ["http://", "https://", "file:///"]
             .iter()

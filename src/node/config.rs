@@ -18,7 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::state::MAX_TRIES;
-use crate::base::span::{line_of, parse_toml};
+use crate::base::span::parse_toml;
 use crate::base::units::parse_duration;
 
 /// The settings, checked.
@@ -70,8 +70,8 @@ impl Config {
         if !path.exists() {
             return Ok(Config::default());
         }
-        let (src, raw): (String, Raw) = parse_toml(path, "cairn node settings")?;
-        let at = |off: usize| format!("{}:{}", path.display(), line_of(&src, off));
+        let (doc, raw): (_, Raw) = parse_toml(path, "cairn node settings")?;
+        let at = |off: usize| doc.at(off);
         let mut c = Config::default();
         if let Some(t) = &raw.trial_boots {
             c.trial_boots = match check_tries(*t.get_ref()) {
