@@ -75,26 +75,14 @@ fn rollouts_keep_every_request() {
     let v2 = w.compose("v2", &World::app_lines(&["hello"], &[]));
     let fleet = w.fleet.to_str().unwrap().to_string();
     let mut first = w
-        .command(&[
-            "rollout",
-            "start",
-            &fleet,
-            "--to",
-            "cairn/amd64/app-example",
-        ])
+        .start(&[])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     wait_for("the first node done", Duration::from_secs(1800), || {
         steps(&w.rollout()).iter().any(|s| s.1 == "done")
     });
-    let second = w.cairn(&[
-        "rollout",
-        "start",
-        &fleet,
-        "--to",
-        "cairn/amd64/app-example",
-    ]);
+    let second = w.start(&[]).output().unwrap();
     assert!(!second.status.success());
     let err = text(&second.stderr);
     assert!(
@@ -140,15 +128,7 @@ fn rollouts_keep_every_request() {
     let old: Vec<String> = steps(&w.rollout()).into_iter().map(|s| s.0).collect();
     ok(
         "rollout replace",
-        w.cairn(&[
-            "rollout",
-            "start",
-            &fleet,
-            "--to",
-            "cairn/amd64/app-example",
-            "--strategy",
-            "replace",
-        ]),
+        w.start(&["--strategy", "replace"]).output().unwrap(),
     );
     let r = w.rollout();
     let serving: Vec<(String, String, String)> =
@@ -179,13 +159,7 @@ fn rollouts_keep_every_request() {
             &[(fail.as_path(), "/usr/lib/cairn/health.d/50-fail")],
         ),
     );
-    let out = w.cairn(&[
-        "rollout",
-        "start",
-        &fleet,
-        "--to",
-        "cairn/amd64/app-example",
-    ]);
+    let out = w.start(&[]).output().unwrap();
     assert!(
         !out.status.success(),
         "a rollout to a failing commit must not succeed"
@@ -213,13 +187,7 @@ fn rollouts_keep_every_request() {
     // 4. A node lost during its batch: the rollout halts and names it.
     let v5 = w.compose("v5", &World::app_lines(&["hello", "tree", "sl"], &[]));
     let mut run = w
-        .command(&[
-            "rollout",
-            "start",
-            &fleet,
-            "--to",
-            "cairn/amd64/app-example",
-        ])
+        .start(&[])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -8,23 +8,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
-}
-
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-pub fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+pub use super::release_world::{bin, ok, text};
 
 /// A free loopback port.
 pub fn port() -> u16 {
@@ -143,6 +127,14 @@ impl World {
                 .arg(&self.fleets);
         }
         c
+    }
+
+    /// `cairn rollout start` of this fleet to the app-example ref, with `extra` flags.
+    pub fn start(&self, extra: &[&str]) -> Command {
+        let fleet = self.fleet.to_str().unwrap();
+        let mut args = vec!["rollout", "start", fleet, "--to", "cairn/amd64/app-example"];
+        args.extend_from_slice(extra);
+        self.command(&args)
     }
 
     pub fn cairn(&self, args: &[&str]) -> Output {
