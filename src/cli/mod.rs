@@ -246,26 +246,18 @@ mod tests {
         assert_eq!(a.duration, Some(std::time::Duration::from_secs(90)));
         assert_eq!((a.workers, a.interval_ms, a.json), (2, 100, true));
         assert!(parse(&["fleet", "load", "f.toml", "--for", "soon"]).is_err());
-        assert!(parse(&[
-            "rollout",
-            "start",
-            "f.toml",
-            "--to",
-            "r",
-            "--strategy",
-            "replace"
-        ])
-        .is_ok());
-        assert!(parse(&[
-            "rollout",
-            "start",
-            "f.toml",
-            "--to",
-            "r",
-            "--strategy",
-            "blue"
-        ])
-        .is_err());
+        for (strategy, valid) in [("in-place", true), ("replace", true), ("blue", false)] {
+            let args = [
+                "rollout",
+                "start",
+                "f.toml",
+                "--to",
+                "r",
+                "--strategy",
+                strategy,
+            ];
+            assert_eq!(parse(&args).is_ok(), valid, "{strategy}");
+        }
         assert!(
             parse(&["rollout", "start", "f.toml"]).is_err(),
             "--to is required"
