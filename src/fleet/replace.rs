@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::haproxy::State as LbState;
 use super::rollout::{bake, halt, run_batch, Ctx};
@@ -150,11 +150,7 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
     let deadline = Instant::now() + policy.node_timeout;
     loop {
         crate::base::interrupt::check()?;
-        let r = ctx.snapshot()?;
-        let node = r
-            .node(name)
-            .with_context(|| format!("internal: no node {name}"))?
-            .clone();
+        let (r, node) = ctx.node_now(name)?;
         match node.step {
             NodeStep::Creating => {
                 ctx.provider.lock().map_err(|_| poisoned())?.create(name)?;

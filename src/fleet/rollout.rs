@@ -82,6 +82,16 @@ impl Ctx<'_> {
         Ok(self.locked()?.clone())
     }
 
+    /// The rollout now, and node `name` in it.
+    pub(super) fn node_now(&self, name: &str) -> Result<(Rollout, Node)> {
+        let r = self.snapshot()?;
+        let node = r
+            .node(name)
+            .with_context(|| format!("internal: no node {name}"))?
+            .clone();
+        Ok((r, node))
+    }
+
     /// Change one node and persist the whole state (and an audit line).
     pub(super) fn set(&self, name: &str, f: impl FnOnce(&mut Node)) -> Result<()> {
         let (r, node) = {
@@ -286,11 +296,7 @@ fn in_place(ctx: &Ctx, name: &str) -> Result<()> {
     let deadline = Instant::now() + policy.node_timeout;
     loop {
         crate::base::interrupt::check()?;
-        let r = ctx.snapshot()?;
-        let node = r
-            .node(name)
-            .with_context(|| format!("internal: no node {name}"))?
-            .clone();
+        let (r, node) = ctx.node_now(name)?;
         let rec = ctx.node_record(name)?;
         match node.step {
             NodeStep::Pending => ctx.step(name, NodeStep::Draining)?,
