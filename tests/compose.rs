@@ -60,6 +60,10 @@ impl Env {
     }
 
     fn ostree(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.ostree_bytes(args)).into_owned()
+    }
+
+    fn ostree_bytes(&self, args: &[&str]) -> Vec<u8> {
         let out = StdCommand::new("ostree")
             .arg(format!("--repo={}", self.repo.display()))
             .args(args)
@@ -70,7 +74,7 @@ impl Env {
             "ostree {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out.stdout
     }
 
     fn rev(&self, r: &str) -> String {
@@ -520,6 +524,14 @@ fn compose_end_to_end() {
         "/usr/etc/ssh/sshd_config.d/10-cairn-hardening.conf",
     ]);
     assert!(sshd.contains("PasswordAuthentication no"));
+    // Python's bytecode is unchecked-hash (PEP 552 flags 0b01), never checked against its
+    // source again on the immutable /usr (cairn's compose, src/compose/bytecode.rs).
+    let pyc = a.ostree_bytes(&[
+        "cat",
+        &app,
+        "/usr/lib/python3/dist-packages/cloudinit/__pycache__/util.cpython-311.pyc",
+    ]);
+    assert_eq!(pyc[4..8], [1, 0, 0, 0], "the .pyc header flags");
 
     // 9. A failing postprocess script: a clear error, the ref not created.
     std::fs::write(

@@ -11,6 +11,7 @@
 //! returns without running apt at all.
 
 pub mod apt;
+mod bytecode;
 mod inventory;
 pub mod layout;
 pub mod lockfile;
@@ -35,7 +36,7 @@ use apt::{AptEnv, Package, ResolveError};
 use lockfile::Lockfile;
 
 /// Bump when a change to cairn changes what the same inputs compose to.
-const COMPOSE_FORMAT: u32 = 5;
+const COMPOSE_FORMAT: u32 = 6;
 
 /// Options common to a compose run.
 #[derive(Debug, Clone)]
@@ -434,10 +435,18 @@ fn inventory(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Step: the OSTree layout.
+/// Step: the OSTree layout, and Python bytecode that is never checked against its source again.
 fn finish_layout(ctx: &mut Ctx) -> Result<()> {
     let root = layout::open_root(&root_path(ctx)?)?;
-    layout::to_ostree(&root, &ctx.kver)
+    layout::to_ostree(&root, &ctx.kver)?;
+    let b = bytecode::seal(&root)?;
+    tracing::info!(
+        "Python bytecode: {} files made unchecked-hash, {} already were, {} left as they are (stale)",
+        b.sealed,
+        b.already,
+        b.stale
+    );
+    Ok(())
 }
 
 /// Step: write the commit and move the ref.

@@ -416,6 +416,7 @@ fn shipped_image_passes_the_base_and_node_suites() {
         "basic/no-passwords@bios",
         "basic/root-fills-disk@bios",
         "basic/journal-persistent@bios",
+        "basic/provisioned-once@bios",
         "node/a1-upgrade@bios",
         "node/a1-upgrade@uefi",
         "node/a2-rollback@bios",
