@@ -15,12 +15,17 @@ passwd --lock root >/dev/null
 #   LVM, LUKS or the network; a plain ext4 root is unmounted by systemd itself.
 # - debugfs and tracefs: kernel internals, mounted for debugging and tracing tools.
 # - modprobe@dm_mod: there is no device mapper (dm_mod still loads when something asks for it).
+# - modprobe@loop, modprobe@fuse, modprobe@configfs, and the fusectl and configfs mounts: one
+#   modprobe each at every boot for modules nothing here uses at boot; each still loads when
+#   used (/dev/loop-control and /dev/fuse are static nodes, mounting configfs loads it).
 systemctl mask --quiet \
   apt-daily.timer apt-daily.service apt-daily-upgrade.timer apt-daily-upgrade.service \
   dpkg-db-backup.timer dpkg-db-backup.service \
   e2scrub_all.timer e2scrub_all.service e2scrub_reap.service \
   getty-static.service systemd-binfmt.service dracut-shutdown.service \
-  sys-kernel-debug.mount sys-kernel-tracing.mount modprobe@dm_mod.service
+  sys-kernel-debug.mount sys-kernel-tracing.mount modprobe@dm_mod.service \
+  modprobe@loop.service modprobe@fuse.service modprobe@configfs.service \
+  sys-fs-fuse-connections.mount sys-kernel-config.mount
 # Generators that run at every boot and daemon-reload for what a cairn host does not have:
 # encrypted, integrity or verity volumes (no crypttab, integritytab, veritytab), hibernation,
 # offline system updates, /etc/rc.local, SysV init scripts without a native unit. And

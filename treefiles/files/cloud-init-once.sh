@@ -3,9 +3,9 @@
 # does on CoreOS, unless provisioning asked for something at every boot. Each stage of cloud-init
 # starts Python again, which took 9 to 11 s of every reboot under emulation (TCG).
 #
-# cairn-cloud-init-once.service runs this after cloud-final.service when cloud-init ran: at
-# start to say what it will do, and with --write as the boot ends (so that `cloud-init status`
-# says "done" through the first boot), to write /etc/cloud/cloud-init.disabled. cloud-init's
+# cairn-cloud-init-once.service, started after cloud-final.service when cloud-init ran, runs
+# this with --write as the boot ends (so that `cloud-init status` says "done" through the first
+# boot), to write /etc/cloud/cloud-init.disabled; without --write it only says what it would do. cloud-init's
 # generator reads that file at each boot: cloud-init does not run, and `cloud-init status` says
 # "disabled" (`--wait` returns). A boot that ends without a clean shutdown writes nothing, and
 # cloud-init runs again at the next one. To run cloud-init at every boot again: remove the file
