@@ -12,13 +12,14 @@
 //! that took about 0.4 s off each start of cloud-init. A `.pyc` that does not match its source
 //! is left as it is (Python goes on ignoring it).
 
-use std::io::Read;
+use std::hash::Hasher;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::Dir;
+use cap_std_ext::dirext::{CapStdExtDirExt, WalkConfiguration};
 use siphasher::sip::SipHasher13;
-use std::hash::Hasher;
 
 /// PEP 552: bit 0 of the flags word says the header carries a source hash, bit 1 that Python
 /// must check it against the source.
@@ -87,77 +88,46 @@ fn source_of(pyc: &Path) -> Option<PathBuf> {
 /// its files with the repo's objects.
 pub fn seal(root: &Dir) -> Result<Sealed> {
     let mut out = Sealed::default();
-    if root.exists("usr") {
-        walk(root, Path::new("usr"), &mut out)?;
-    }
+    let Some(usr) = root.open_dir_optional("usr")? else {
+        return Ok(out);
+    };
+    let config = WalkConfiguration::default().path_base(Path::new("usr"));
+    usr.walk(&config, |c| -> Result<ControlFlow<()>> {
+        if c.file_type.is_file() && c.path.extension().is_some_and(|x| x == "pyc") {
+            seal_one(root, c.path, &mut out)
+                .with_context(|| format!("sealing the bytecode /{}", c.path.display()))?;
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
     Ok(out)
 }
 
-fn walk(root: &Dir, dir: &Path, out: &mut Sealed) -> Result<()> {
-    let entries = root
-        .read_dir(dir)
-        .with_context(|| format!("listing /{}", dir.display()))?;
-    for e in entries {
-        let e = e?;
-        let path = dir.join(e.file_name());
-        let kind = e.file_type()?;
-        if kind.is_dir() {
-            walk(root, &path, out)?;
-        } else if kind.is_file() && path.extension().is_some_and(|x| x == "pyc") {
-            seal_one(root, &path, out)
-                .with_context(|| format!("sealing the bytecode /{}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
 fn seal_one(root: &Dir, pyc: &Path, out: &mut Sealed) -> Result<()> {
-    let mut header = [0u8; 16];
-    {
-        let mut f = root.open(pyc)?;
-        if f.read_exact(&mut header).is_err() {
-            out.stale += 1;
-            return Ok(());
-        }
-    }
+    let mut body = root.read(pyc)?;
+    let Some(header) = body.first_chunk::<16>() else {
+        out.stale += 1;
+        return Ok(());
+    };
     if u32::from_le_bytes([header[4], header[5], header[6], header[7]]) == HASH_BASED {
         out.already += 1;
         return Ok(());
     }
-    let Some(src) = source_of(pyc) else {
+    let source = source_of(pyc).and_then(|src| {
+        let meta = root.symlink_metadata(&src).ok().filter(|m| m.is_file())?;
+        Some((src, meta))
+    });
+    let Some((src, meta)) = source else {
         out.stale += 1;
         return Ok(());
     };
-    let Ok(meta) = root.symlink_metadata(&src) else {
-        out.stale += 1;
-        return Ok(());
-    };
-    if !meta.is_file() {
-        out.stale += 1;
-        return Ok(());
-    }
-    let source = root.read(&src)?;
     let mtime = cap_std::fs::MetadataExt::mtime(&meta);
-    let Some(sealed) = sealed_header(&header, &source, mtime) else {
+    let Some(sealed) = sealed_header(header, &root.read(&src)?, mtime) else {
         out.stale += 1;
         return Ok(());
     };
-    let mut body = root.read(pyc)?;
     body[..16].copy_from_slice(&sealed);
     let perms = root.symlink_metadata(pyc)?.permissions();
-    let name = pyc
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = pyc.with_file_name(format!(".{name}.cairn-tmp"));
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    {
-        let mut f = root.open_with(&tmp, &opts)?;
-        std::io::Write::write_all(&mut f, &body)?;
-    }
-    root.set_permissions(&tmp, perms)?;
-    root.rename(&tmp, root, pyc)?;
+    root.atomic_write_with_perms(pyc, &body, perms)?;
     out.sealed += 1;
     Ok(())
 }

@@ -103,7 +103,7 @@ pub fn run(ctx: &Ctx) -> Result<Rollout> {
                 }
                 let mut names = Vec::new();
                 for _ in 0..k {
-                    let name = ctx.provider.lock().map_err(|_| poisoned())?.new_name()?;
+                    let name = ctx.provider()?.new_name()?;
                     add_new(ctx, &name)?;
                     names.push(name);
                 }
@@ -118,10 +118,6 @@ pub fn run(ctx: &Ctx) -> Result<Rollout> {
             return halt(ctx, &name, e);
         }
     }
-}
-
-fn poisoned() -> anyhow::Error {
-    anyhow::anyhow!("internal: a lock was poisoned")
 }
 
 /// Record a new node about to be made (before it is, so that a resumed rollout knows of it).
@@ -153,7 +149,7 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
         let (r, node) = ctx.node_now(name)?;
         match node.step {
             NodeStep::Creating => {
-                ctx.provider.lock().map_err(|_| poisoned())?.create(name)?;
+                ctx.provider()?.create(name)?;
                 ctx.step(
                     name,
                     NodeStep::Verifying {
@@ -184,7 +180,7 @@ fn drive(ctx: &Ctx, name: &str) -> Result<()> {
                 if ctx.lb.server(name).is_ok() {
                     ctx.lb.del_server(name)?;
                 }
-                ctx.provider.lock().map_err(|_| poisoned())?.destroy(name)?;
+                ctx.provider()?.destroy(name)?;
                 ctx.step(name, NodeStep::Removed)?;
             }
             NodeStep::Done | NodeStep::Removed | NodeStep::Reverted => return Ok(()),

@@ -56,12 +56,16 @@ fn control(dir: &Path) -> Option<String> {
 }
 
 impl Ctx<'_> {
-    pub(super) fn node_record(&self, name: &str) -> Result<NodeRecord> {
-        let p = self
-            .provider
+    /// The provider, locked.
+    pub(super) fn provider(&self) -> Result<std::sync::MutexGuard<'_, Box<dyn Provider + Send>>> {
+        self.provider
             .lock()
-            .map_err(|_| anyhow::anyhow!("internal: provider lock poisoned"))?;
-        p.nodes()?
+            .map_err(|_| anyhow::anyhow!("internal: provider lock poisoned"))
+    }
+
+    pub(super) fn node_record(&self, name: &str) -> Result<NodeRecord> {
+        self.provider()?
+            .nodes()?
             .into_iter()
             .find(|n| n.name == name)
             .with_context(|| format!("the provider has no node {name}"))
