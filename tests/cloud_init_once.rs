@@ -74,6 +74,25 @@ fn a_provisioned_instance_skips_cloud_init_from_its_next_boot() {
 }
 
 #[test]
+fn a_deployment_made_during_the_first_boot_skips_cloud_init_too() {
+    // `cairn node upgrade` in the first boot (a fleet rollout) deploys with this boot's /etc,
+    // before the flag exists; the booted deployment's /etc is the root's own.
+    let d = provisioned();
+    let r = d.path();
+    let deploy = "ostree/deploy/cairn/deploy";
+    fs_err::create_dir_all(r.join(format!("{deploy}/new.0/etc/cloud"))).unwrap();
+    fs_err::create_dir_all(r.join(format!("{deploy}/old.0/etc"))).unwrap();
+    let said = run(r, true);
+    assert!(said.contains("cairn/deploy/new.0/etc"), "{said}");
+    let flag = fs_err::read_to_string(r.join(format!("{deploy}/new.0/{FLAG}"))).unwrap();
+    assert!(flag.contains("instance i-1"), "{flag}");
+    assert!(
+        !r.join(format!("{deploy}/old.0/etc/cloud")).exists(),
+        "a deployment without cloud-init is left alone"
+    );
+}
+
+#[test]
 fn cloud_init_stays_on_when_a_boot_needs_it() {
     type Change = fn(&Path);
     let cases: [(&str, Change); 6] = [

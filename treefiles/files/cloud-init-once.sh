@@ -48,3 +48,13 @@ printf '%s\n' \
 mv "$flag.tmp" "$flag"
 sync "$flag"
 echo "instance $iid provisioned: cloud-init skips the boots after this one (${flag#"$r"})"
+# A deployment made during this boot (`cairn node upgrade` before the first shutdown, as a fleet
+# rollout does) took its /etc from this one before the file existed: it gets the file too, so
+# that its trial boot does not provision the instance again.
+for etc in "$r"/ostree/deploy/*/deploy/*/etc; do
+  [ -d "$etc/cloud" ] && ! [ "$etc" -ef "$r/etc" ] && [ ! -e "$etc/cloud/cloud-init.disabled" ] || continue
+  cp "$flag" "$etc/cloud/cloud-init.disabled.tmp"
+  mv "$etc/cloud/cloud-init.disabled.tmp" "$etc/cloud/cloud-init.disabled"
+  sync "$etc/cloud/cloud-init.disabled"
+  echo "and in the deployment ${etc#"$r"/ostree/deploy/}, made during this boot"
+done
