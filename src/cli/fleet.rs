@@ -8,9 +8,11 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::{print_json, say};
+use crate::base::text::short_hash;
+use crate::fleet::control::Control;
 use crate::fleet::manifest::Strategy;
 use crate::fleet::ops::{self, Paths, StartOpts};
-use crate::fleet::state::{Node, Rollout};
+use crate::fleet::state::{Node, Phase, Rollout};
 
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
@@ -211,12 +213,12 @@ fn progress(quiet: bool) -> impl Fn(&Rollout, &Node) + Sync {
             n.name,
             n.step.word(),
             n.version,
-            &n.commit[..12.min(n.commit.len())]
+            short_hash(&n.commit)
         );
         match &bar {
             Some(b) => {
                 b.set_length(r.nodes.len() as u64);
-                b.set_position(r.nodes.iter().filter(|x| x.step.word() == "done").count() as u64);
+                b.set_position(r.done() as u64);
                 b.println(line);
             }
             None => tracing::info!("{line}"),
@@ -249,17 +251,17 @@ pub fn rollout(c: RolloutCommand) -> Result<()> {
         }
         RolloutCommand::Pause(a) => {
             let p = a.paths.paths();
-            ops::signal(&manifest(a.manifest, &p)?, &p, "pause")
+            ops::signal(&manifest(a.manifest, &p)?, &p, Control::Pause)
         }
         RolloutCommand::Abort(a) => {
             let p = a.paths.paths();
-            ops::signal(&manifest(a.manifest, &p)?, &p, "abort")
+            ops::signal(&manifest(a.manifest, &p)?, &p, Control::Abort)
         }
         RolloutCommand::Status(a) => {
             let p = a.paths.paths();
             let m = manifest(a.manifest, &p)?;
             loop {
-                let s = ops::status(&m, &p)?;
+                let s = crate::fleet::status::status(&m, &p)?;
                 if a.json {
                     print_json(&s)?;
                 } else {
@@ -294,7 +296,7 @@ fn report(r: &Rollout, json: bool) -> Result<()> {
         ))?;
     }
     match r.phase {
-        crate::fleet::state::Phase::Done | crate::fleet::state::Phase::Paused => Ok(()),
+        Phase::Done | Phase::Paused => Ok(()),
         _ => anyhow::bail!(
             "the rollout of {} to {} {:?}: {}",
             r.fleet,

@@ -1,7 +1,8 @@
 //! One rollout per fleet at a time: a lock file in the fleet's directory, held with `flock` for
 //! the holder's lifetime and naming the holder (user@host, pid, start time). A second rollout is
 //! refused with the holder's name; a lock whose holder died is free again at once (the kernel
-//! drops a dead process's `flock`), and the next holder says whom it took over from.
+//! drops a dead process's `flock`), and the next holder says whom it took over from. Who holds a
+//! lock now ([`holder`]) is answered here too, for `cairn rollout status`.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ pub struct Holder {
     pub started: i64,
     /// What it runs (`cairn rollout start …`).
     pub command: String,
+    /// The process's start time (clock ticks after boot, `/proc/PID/stat`), so that another
+    /// process given the same pid later is not taken for the holder.
+    pub pid_start: Option<u64>,
 }
 
 impl Holder {
@@ -30,8 +34,30 @@ impl Holder {
             pid: std::process::id(),
             started: chrono::Utc::now().timestamp(),
             command: command.to_string(),
+            pid_start: pid_start(std::process::id()),
         }
     }
+
+    /// Does the holder's process still run?
+    pub fn alive(&self) -> bool {
+        self.pid != 0 && pid_start(self.pid).is_some_and(|t| self.pid_start.is_none_or(|s| s == t))
+    }
+}
+
+/// A process's start time, in clock ticks after boot (field 22 of `/proc/PID/stat`).
+fn pid_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Who holds the lock at `path` now: the holder it names, if that process still runs.
+pub fn holder(path: &Path) -> Option<Holder> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str::<Holder>(&text)
+        .ok()
+        .filter(Holder::alive)
 }
 
 impl std::fmt::Display for Holder {
@@ -100,6 +126,7 @@ impl Lock {
                     pid: 0,
                     started: 0,
                     command: String::new(),
+                    pid_start: None,
                 });
                 return Err(Held {
                     path: path.to_path_buf(),
@@ -181,11 +208,13 @@ mod tests {
                     pid: child.id(),
                     started: 1,
                     command: "cairn rollout start".into(),
+                    pid_start: None,
                 })
                 .unwrap(),
             )
             .unwrap();
             assert!(Lock::take(&path2, &me).is_err(), "held by the live child");
+            assert_eq!(holder(&path2).map(|h| h.pid), Some(child.id()));
             let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
             nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
             child.wait().unwrap();
@@ -200,6 +229,9 @@ mod tests {
             }
             let l = l.unwrap();
             assert_eq!(l.took_over.as_ref().unwrap().name, "ops@old");
+            assert_eq!(holder(&path2).map(|h| h.pid), Some(std::process::id()));
+            drop(l);
+            assert_eq!(holder(&path2), None, "a released lock has no holder");
         }
     }
 }

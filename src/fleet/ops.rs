@@ -1,19 +1,20 @@
-//! The fleet's operations as the command line calls them: bring a fleet up or down (qemu
-//! provider: nodes and their HAProxy), start, resume, pause and abort a rollout, and report it.
+//! The fleet's operations as the command line calls them: bring a fleet up or down, start,
+//! resume, pause and abort a rollout. (`cairn rollout status` is [`super::status`].)
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 
-use super::haproxy::{self, Haproxy, ServerStat};
+use super::control::{self, Control};
+use super::dir::FleetDir;
+use super::haproxy::Haproxy;
 use super::lock::{Holder, Lock};
-use super::manifest::{Fleet, Provider as Kind, Strategy};
-use super::provider::{FleetRecord, Provider, Qemu, SshHosts};
-use super::rollout::{self, control_path, Ctx};
-use super::state::{FileStore, Node, NodeStep, Phase, Role, Rollout, Store};
+use super::manifest::{Fleet, Strategy};
+use super::provider::{self, FleetRecord};
+use super::rollout::{self, Ctx};
+use super::state::{FileStore, Health, Node, NodeStep, Phase, Role, Rollout, Store, FORMAT};
 use super::{agent, manifest};
 use crate::store::serve::RepoServer;
 
@@ -29,63 +30,36 @@ pub struct Paths {
 }
 
 impl Paths {
-    pub fn dir(&self, f: &Fleet) -> PathBuf {
-        self.fleets.join(&f.name)
+    pub fn dir(&self, f: &Fleet) -> Result<FleetDir> {
+        FleetDir::new(&self.fleets, &f.name)
     }
 }
 
-fn provider(f: &Fleet, p: &Paths) -> Result<Box<dyn Provider + Send>> {
-    Ok(match f.provider {
-        Kind::Qemu { .. } => Box::new(Qemu::new(f, &p.dir(f), &p.images)?),
-        Kind::Ssh { .. } => Box::new(SshHosts::new(f)?),
-    })
-}
-
-/// Bring the fleet up: boot its nodes (qemu provider), start HAProxy in front of them, and wait
-/// until every node's service is healthy.
+/// Bring the fleet up: its nodes (booted by the qemu provider, or the existing hosts), HAProxy
+/// in front of them, and every node's service healthy.
 pub fn up(manifest_path: &Path, p: &Paths) -> Result<FleetRecord> {
     let f = manifest::load(manifest_path)?;
-    let dir = p.dir(&f);
-    if FleetRecord::path(&dir).exists() {
+    let dir = p.dir(&f)?;
+    if dir.record().exists() {
         bail!(
             "{} is up already ({}): bring it down first (cairn fleet down)",
             f.name,
-            dir.display()
+            dir.root().display()
         );
     }
-    let nodes = match &f.provider {
-        Kind::Qemu { nodes, .. } => {
-            let mut q = Qemu::new(&f, &dir, &p.images)?;
-            q.up(*nodes)?;
-            q.record.nodes.clone()
-        }
-        Kind::Ssh { .. } => {
-            let nodes = SshHosts::new(&f)?.nodes;
-            FleetRecord {
-                name: f.name.clone(),
-                nodes: nodes.clone(),
-                next: 0,
-                manifest: None,
-            }
-            .save(&dir)?;
-            nodes
-        }
-    };
+    let nodes = provider::build(&f, &dir, &p.images)?.up()?;
     let servers: Vec<(String, String)> = nodes
         .iter()
         .map(|n| (n.name.clone(), n.service.clone()))
         .collect();
-    let lb = Haproxy::start(&dir.join("haproxy"), &f.listen, &servers, &f.service)?;
+    let lb = Haproxy::start(&dir.haproxy(), &f.listen, &servers, &f.service)?;
     let deadline = Instant::now() + f.policy.node_timeout;
     for n in &nodes {
         agent::await_healthy(&n.service, &f.service, deadline)
             .with_context(|| format!("{} did not come up healthy", n.name))?;
         lb.wait_up(&n.name, Duration::from_secs(120))?;
     }
-    let mut rec = FleetRecord::load(&dir)?;
-    rec.manifest = Some(std::path::absolute(manifest_path)?);
-    rec.save(&dir)?;
-    Ok(rec)
+    FleetRecord::load(&dir)
 }
 
 /// The manifest of the one fleet that is up, for commands that name none.
@@ -93,10 +67,9 @@ pub fn current_manifest(p: &Paths) -> Result<PathBuf> {
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&p.fleets) {
         for e in entries.flatten() {
-            if let Ok(r) = FleetRecord::load(&e.path()) {
-                if let Some(m) = r.manifest {
-                    found.push(m);
-                }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Ok(Some(r)) = FleetRecord::find(&FleetDir::new(&p.fleets, &name)?) {
+                found.push(r.manifest);
             }
         }
     }
@@ -118,21 +91,14 @@ pub fn current_manifest(p: &Paths) -> Result<PathBuf> {
     }
 }
 
-/// Stop the fleet's HAProxy and VMs (the qemu provider's; existing hosts are left alone).
+/// Stop the fleet's HAProxy and the nodes its provider started (existing hosts are left alone).
 pub fn down(manifest_path: &Path, p: &Paths) -> Result<()> {
     let f = manifest::load(manifest_path)?;
-    let dir = p.dir(&f);
-    let rec = FleetRecord::load(&dir)?;
-    Haproxy {
-        dir: dir.join("haproxy"),
-    }
-    .stop()?;
-    for n in &rec.nodes {
-        if let Some(vm) = &n.vm {
-            vm.kill()?;
-        }
-    }
-    fs_err::remove_file(FleetRecord::path(&dir))?;
+    let dir = p.dir(&f)?;
+    FleetRecord::load(&dir)?;
+    Haproxy { dir: dir.haproxy() }.stop()?;
+    provider::build(&f, &dir, &p.images)?.down()?;
+    fs_err::remove_file(dir.record())?;
     Ok(())
 }
 
@@ -146,13 +112,11 @@ pub struct StartOpts {
     pub command: String,
 }
 
+/// Called with each node's new step.
+pub type OnStep<'a> = &'a (dyn Fn(&Rollout, &Node) + Sync);
+
 /// Start a rollout (or resume the unfinished one to the same ref) and run it to its end.
-pub fn start(
-    manifest_path: &Path,
-    p: &Paths,
-    o: &StartOpts,
-    on_step: &(dyn Fn(&Rollout, &Node) + Sync),
-) -> Result<Rollout> {
+pub fn start(manifest_path: &Path, p: &Paths, o: &StartOpts, on_step: OnStep) -> Result<Rollout> {
     let mut f = manifest::load(manifest_path)?;
     if let Some(s) = o.strategy {
         if s == Strategy::Replace && !f.provider.can_create() {
@@ -164,9 +128,9 @@ pub fn start(
         }
         f.policy.strategy = s;
     }
-    let dir = p.dir(&f);
+    let dir = p.dir(&f)?;
     FleetRecord::load(&dir)?;
-    let _lock = Lock::take(&dir.join("rollout.lock"), &Holder::me(&o.command))?;
+    let _lock = Lock::take(&dir.lock(), &Holder::me(&o.command))?;
     let store = FileStore::new(&dir);
     let state = match store.load()? {
         Some(r) if !r.finished() && r.to_ref != o.to_ref => bail!(
@@ -178,20 +142,15 @@ pub fn start(
         Some(r) if !r.finished() => r,
         _ => new_rollout(&f, p, o)?,
     };
-    let _ = fs_err::remove_file(control_path(&dir));
-    drive(f, p, state, store, on_step)
+    control::clear(&dir.control())?;
+    drive(&f, p, state, store, on_step)
 }
 
 /// Resume the unfinished (or paused, or killed) rollout.
-pub fn resume(
-    manifest_path: &Path,
-    p: &Paths,
-    command: &str,
-    on_step: &(dyn Fn(&Rollout, &Node) + Sync),
-) -> Result<Rollout> {
+pub fn resume(manifest_path: &Path, p: &Paths, command: &str, on_step: OnStep) -> Result<Rollout> {
     let f = manifest::load(manifest_path)?;
-    let dir = p.dir(&f);
-    let _lock = Lock::take(&dir.join("rollout.lock"), &Holder::me(command))?;
+    let dir = p.dir(&f)?;
+    let _lock = Lock::take(&dir.lock(), &Holder::me(command))?;
     let store = FileStore::new(&dir);
     let Some(r) = store.load()? else {
         bail!("{} has no rollout to resume", f.name);
@@ -207,28 +166,23 @@ pub fn resume(
         Phase::Aborted => bail!("the rollout of {} was aborted", f.name),
         Phase::Running | Phase::Paused => {}
     }
-    let _ = fs_err::remove_file(control_path(&dir));
-    let mut f = f;
-    f.policy.strategy = r.strategy;
-    drive(f, p, r, store, on_step)
+    control::clear(&dir.control())?;
+    drive(&f, p, r, store, on_step)
 }
 
-/// Ask the running rollout to stop after its current batch (`pause`) or at once between steps
-/// (`abort`); with nobody running it, an abort is recorded directly.
-pub fn signal(manifest_path: &Path, p: &Paths, what: &str) -> Result<()> {
+/// Ask the running rollout to stop after its current batch (`pause`, `abort`); with nobody
+/// running it, an abort is recorded directly.
+pub fn signal(manifest_path: &Path, p: &Paths, what: Control) -> Result<()> {
     let f = manifest::load(manifest_path)?;
-    let dir = p.dir(&f);
-    crate::base::tmp::write_atomic(&control_path(&dir), what.as_bytes())?;
-    if what == "abort" {
-        if let Ok(_lock) = Lock::take(
-            &dir.join("rollout.lock"),
-            &Holder::me("cairn rollout abort"),
-        ) {
+    let dir = p.dir(&f)?;
+    FleetRecord::load(&dir)?;
+    control::write(&dir.control(), what)?;
+    if what == Control::Abort {
+        if let Ok(_lock) = Lock::take(&dir.lock(), &Holder::me("cairn rollout abort")) {
             let store = FileStore::new(&dir);
             if let Some(mut r) = store.load()? {
                 if !r.finished() {
-                    r.phase = Phase::Aborted;
-                    r.reason = Some("aborted by the operator".into());
+                    r.abort();
                     store.save(&r)?;
                 }
             }
@@ -237,13 +191,14 @@ pub fn signal(manifest_path: &Path, p: &Paths, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A new rollout of the fleet's nodes to `o.to_ref`'s commit.
 fn new_rollout(f: &Fleet, p: &Paths, o: &StartOpts) -> Result<Rollout> {
     let r = crate::store::open(&p.repo)?;
     let to_commit = crate::store::resolve(&r, &o.to_ref)?;
     let to = crate::store::load_commit(&r, &to_commit)?;
+    let provider = provider::build(f, &p.dir(f)?, &p.images)?;
     if f.policy.strategy == Strategy::Replace {
-        if let Kind::Qemu { .. } = f.provider {
-            let img = Qemu::new(f, &p.dir(f), &p.images)?.image()?;
+        if let Some(img) = provider.image()? {
             if img.commit != to_commit {
                 bail!(
                     "the newest image of {} is commit {} ({}), not {} ({}): build the image of \
@@ -258,7 +213,7 @@ fn new_rollout(f: &Fleet, p: &Paths, o: &StartOpts) -> Result<Rollout> {
             }
         }
     }
-    let nodes = provider(f, p)?
+    let nodes = provider
         .nodes()?
         .into_iter()
         .map(|n| {
@@ -277,12 +232,13 @@ fn new_rollout(f: &Fleet, p: &Paths, o: &StartOpts) -> Result<Rollout> {
                 from_version: st.version.clone(),
                 commit: st.commit,
                 version: st.version,
-                health: "unknown".into(),
+                health: Health::Unknown,
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let now = chrono::Utc::now().timestamp();
     Ok(Rollout {
+        format: FORMAT,
         fleet: f.name.clone(),
         strategy: f.policy.strategy,
         to_ref: o.to_ref.clone(),
@@ -296,14 +252,16 @@ fn new_rollout(f: &Fleet, p: &Paths, o: &StartOpts) -> Result<Rollout> {
     })
 }
 
+/// Run `state` with the fleet's load balancer, provider and (when the manifest says so) the
+/// repo served to the nodes.
 fn drive(
-    f: Fleet,
+    f: &Fleet,
     p: &Paths,
     state: Rollout,
     store: FileStore,
-    on_step: &(dyn Fn(&Rollout, &Node) + Sync),
+    on_step: OnStep,
 ) -> Result<Rollout> {
-    let dir = p.dir(&f);
+    let dir = p.dir(f)?;
     store.save(&state)?;
     // The nodes pull from this machine while the rollout runs.
     let _server = match &f.repo_listen {
@@ -311,119 +269,14 @@ fn drive(
         None => None,
     };
     let ctx = Ctx {
-        fleet: &f,
-        dir: dir.clone(),
+        fleet: f,
+        lb: Haproxy::attach(&dir.haproxy())?,
+        provider: Mutex::new(provider::build(f, &dir, &p.images)?),
+        dir,
         repo: p.repo.clone(),
-        lb: Haproxy::attach(&dir.join("haproxy"))?,
-        provider: Mutex::new(provider(&f, p)?),
         state: Mutex::new(state),
         store: Box::new(store),
         on_step,
     };
     rollout::run(&ctx)
 }
-
-/// A rollout's state with what HAProxy says of each node now, for `cairn rollout status`.
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub rollout: Option<Rollout>,
-    pub holder: Option<Holder>,
-    pub servers: Vec<ServerLine>,
-    pub max_unavailable: u32,
-    pub max_surge: u32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ServerLine {
-    pub name: String,
-    pub status: String,
-    pub sessions: u64,
-}
-
-pub fn status(manifest_path: &Path, p: &Paths) -> Result<Status> {
-    let f = manifest::load(manifest_path)?;
-    let dir = p.dir(&f);
-    let holder = std::fs::read_to_string(dir.join("rollout.lock"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Holder>(&t).ok())
-        .filter(|h| {
-            // Held only while its process lives.
-            std::path::Path::new(&format!("/proc/{}", h.pid)).exists()
-        });
-    let servers: Vec<ServerStat> = Haproxy::attach(&dir.join("haproxy"))
-        .and_then(|h| h.servers())
-        .unwrap_or_default();
-    Ok(Status {
-        rollout: FileStore::new(&dir).load()?,
-        holder,
-        servers: servers
-            .into_iter()
-            .map(|s| ServerLine {
-                name: s.name,
-                status: s.status,
-                sessions: s.sessions,
-            })
-            .collect(),
-        max_unavailable: f.policy.max_unavailable,
-        max_surge: f.policy.max_surge,
-    })
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Some(r) = &self.rollout else {
-            return write!(out, "no rollout yet");
-        };
-        writeln!(
-            out,
-            "rollout of {} to {} {} ({}), {}: {:?}{}",
-            r.fleet,
-            r.to_ref,
-            r.to_version,
-            &r.to_commit[..12.min(r.to_commit.len())],
-            r.strategy.as_str(),
-            r.phase,
-            r.reason
-                .as_ref()
-                .map(|x| format!(" — {x}"))
-                .unwrap_or_default()
-        )?;
-        writeln!(
-            out,
-            "policy: max-unavailable {}, max-surge {}; out of service now: {}",
-            self.max_unavailable,
-            self.max_surge,
-            r.out_of_service()
-        )?;
-        if let Some(h) = &self.holder {
-            writeln!(out, "running: {h}")?;
-        }
-        for n in &r.nodes {
-            let lb = self
-                .servers
-                .iter()
-                .find(|s| s.name == n.name)
-                .map(|s| format!("{} ({} sessions)", s.status, s.sessions))
-                .unwrap_or_else(|| "not in the load balancer".into());
-            let why = match &n.step {
-                NodeStep::Failed { reason, .. } => format!(" — {reason}"),
-                _ => String::new(),
-            };
-            writeln!(
-                out,
-                "  {:<16} {:<10} {:<10} {:<8} {lb}{why}",
-                n.name,
-                n.step.word(),
-                n.version,
-                match n.role {
-                    Role::Existing => "",
-                    Role::New => "new",
-                }
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// The fleet's HAProxy configuration's backend name (for scripts and tests).
-pub const BACKEND: &str = haproxy::BACKEND;

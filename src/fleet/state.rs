@@ -1,14 +1,22 @@
 //! A rollout's state, persisted after every step behind a small store interface: what it moves
 //! the fleet to, where each node is, and why it stopped. The default store is a JSON file in the
 //! fleet's directory, replaced atomically, so a rollout killed at any moment leaves the last
-//! step it finished; a distributed store (etcd) implements the same trait.
+//! step it finished; a distributed store (etcd) implements the same trait. The file is a
+//! versioned document (`format`), read by `cairn rollout status` in another process.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::dir::FleetDir;
 use super::manifest::Strategy;
+
+/// The format of `rollout.json` (bumped on an incompatible change).
+pub const FORMAT: u32 = 1;
+
+/// Why a rollout stopped when the operator aborted it.
+pub const ABORTED: &str = "aborted by the operator";
 
 /// Where a node is in the rollout. A node is out of service from `Draining` until `Done`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +37,12 @@ pub enum NodeStep {
     Baking,
     /// On the new commit and serving.
     Done,
-    /// A new node (replace) being booted and checked.
+    /// A new node (replace) being booted.
     Creating,
+    /// A new node (replace), healthy on the new commit, being added to the load balancer.
+    Joining,
+    /// An old node (replace), drained, being taken out of the load balancer and discarded.
+    Removing,
     /// An old node (replace) drained and discarded.
     Removed,
     /// It failed: the reason, whether it rolled itself back, and whether it serves again.
@@ -49,6 +61,7 @@ impl NodeStep {
         matches!(
             self,
             NodeStep::Draining
+                | NodeStep::Removing
                 | NodeStep::Upgrading
                 | NodeStep::Rebooting { .. }
                 | NodeStep::Verifying { .. }
@@ -69,6 +82,8 @@ impl NodeStep {
                 | NodeStep::Verifying { .. }
                 | NodeStep::Baking
                 | NodeStep::Creating
+                | NodeStep::Joining
+                | NodeStep::Removing
         )
     }
 
@@ -82,6 +97,8 @@ impl NodeStep {
             NodeStep::Baking => "baking",
             NodeStep::Done => "done",
             NodeStep::Creating => "creating",
+            NodeStep::Joining => "joining",
+            NodeStep::Removing => "removing",
             NodeStep::Removed => "removed",
             NodeStep::Failed { .. } => "failed",
             NodeStep::Reverted => "reverted",
@@ -94,7 +111,6 @@ impl NodeStep {
 pub struct Node {
     pub name: String,
     /// An old node the rollout replaces, or a new one it made (replace).
-    #[serde(default)]
     pub role: Role,
     pub step: NodeStep,
     /// The commit and version it was on when the rollout found it.
@@ -103,16 +119,25 @@ pub struct Node {
     /// What it runs now, as last seen.
     pub commit: String,
     pub version: String,
-    /// The last health seen (`healthy`, `unhealthy: …`, `unknown`).
-    pub health: String,
+    /// The service's health, as last seen.
+    pub health: Health,
+}
+
+/// A node's service health as the rollout last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Not checked by this rollout yet.
+    Unknown,
+    /// Passed its checks on the new commit.
+    Healthy,
 }
 
 /// A node's part in a replace rollout.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// A node that was there (updated in place, or replaced).
-    #[default]
     Existing,
     /// A node the rollout made from the newest image.
     New,
@@ -136,6 +161,7 @@ pub enum Phase {
 /// What a rollout moves the fleet to, and how far it got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
+    pub format: u32,
     pub fleet: String,
     pub strategy: Strategy,
     /// The ref nodes follow, and the commit and version it pointed at when the rollout began.
@@ -172,6 +198,20 @@ impl Rollout {
     pub fn finished(&self) -> bool {
         matches!(self.phase, Phase::Done | Phase::Halted | Phase::Aborted)
     }
+
+    /// Stopped by the operator.
+    pub fn abort(&mut self) {
+        self.phase = Phase::Aborted;
+        self.reason = Some(ABORTED.into());
+    }
+
+    /// Nodes on the new commit and serving.
+    pub fn done(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.step == NodeStep::Done)
+            .count()
+    }
 }
 
 /// Where rollout states live.
@@ -188,22 +228,28 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    pub fn new(fleet_dir: &Path) -> Self {
-        FileStore {
-            path: fleet_dir.join("rollout.json"),
-        }
+    pub fn new(dir: &FleetDir) -> Self {
+        FileStore { path: dir.state() }
     }
 }
 
 impl Store for FileStore {
     fn load(&self) -> Result<Option<Rollout>> {
-        match fs_err::read_to_string(&self.path) {
-            Ok(t) => Ok(Some(serde_json::from_str(&t).with_context(|| {
-                format!("{}: not a rollout state", self.path.display())
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let t = match fs_err::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let r: Rollout = serde_json::from_str(&t)
+            .with_context(|| format!("{}: not a rollout state", self.path.display()))?;
+        if r.format > FORMAT {
+            bail!(
+                "{}: rollout format {} is newer than this cairn reads ({FORMAT})",
+                self.path.display(),
+                r.format
+            );
         }
+        Ok(Some(r))
     }
 
     fn save(&self, r: &Rollout) -> Result<()> {
@@ -226,16 +272,18 @@ mod tests {
             from_version: "1.0".into(),
             commit: "a".into(),
             version: "1.0".into(),
-            health: "healthy".into(),
+            health: Health::Healthy,
         }
     }
 
     #[test]
     fn saved_and_loaded_whole() {
         let d = tempfile::tempdir().unwrap();
-        let s = FileStore::new(d.path());
+        let s = FileStore::new(&FleetDir::new(d.path(), "web").unwrap());
+        std::fs::create_dir_all(d.path().join("web")).unwrap();
         assert!(s.load().unwrap().is_none());
         let r = Rollout {
+            format: FORMAT,
             fleet: "web".into(),
             strategy: Strategy::InPlace,
             to_ref: "cairn/amd64/app".into(),
@@ -263,5 +311,21 @@ mod tests {
         assert!(back.nodes[1].step.in_flight());
         std::fs::write(&s.path, "{").unwrap();
         assert!(s.load().unwrap_err().to_string().contains("rollout.json"));
+        let newer = serde_json::to_string(&Rollout { format: 2, ..r }).unwrap();
+        std::fs::write(&s.path, newer).unwrap();
+        assert!(s.load().unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn new_and_removed_nodes_count_as_they_serve() {
+        // A new node joining serves nobody yet and took nobody out; an old node being removed
+        // is out.
+        assert!(!NodeStep::Creating.out_of_service() && !NodeStep::Joining.out_of_service());
+        assert!(NodeStep::Removing.out_of_service());
+        for s in [NodeStep::Creating, NodeStep::Joining, NodeStep::Removing] {
+            assert!(s.in_flight(), "{}", s.word());
+        }
+        let text = serde_json::to_string(&NodeStep::Joining).unwrap();
+        assert_eq!(text, r#"{"step":"joining"}"#);
     }
 }
