@@ -314,7 +314,7 @@ fn in_place(ctx: &Ctx, name: &str) -> Result<()> {
                 if !ctx.alive(name) {
                     return Err(NodeFailure::Vanished { node: name.into() }.into());
                 }
-                let st = agent::status(&rec.ssh)?;
+                let st = agent::status(name, &rec.ssh)?;
                 if st.commit == r.to_commit {
                     // Already there (a resumed rollout whose node rebooted before the crash).
                     ctx.step(
@@ -338,7 +338,7 @@ fn in_place(ctx: &Ctx, name: &str) -> Result<()> {
             }
             NodeStep::Rebooting { boot_id } => {
                 // Not rebooted yet (or not known): reboot now.
-                if agent::status(&rec.ssh).is_ok_and(|st| st.boot_id == boot_id) {
+                if agent::status(name, &rec.ssh).is_ok_and(|st| st.boot_id == boot_id) {
                     agent::reboot(&rec.ssh);
                 }
                 ctx.step(name, NodeStep::Verifying { boot_id })?;
@@ -382,7 +382,7 @@ fn revert_updated(ctx: &Ctx) -> Result<()> {
         let rec = ctx.node_record(&n.name)?;
         let deadline = Instant::now() + ctx.fleet.policy.node_timeout;
         ctx.lb.drain(&n.name, ctx.fleet.policy.drain_timeout).ok();
-        let before = agent::status(&rec.ssh)?.boot_id;
+        let before = agent::status(&n.name, &rec.ssh)?.boot_id;
         agent::rollback(&rec.ssh, ctx.fleet.policy.node_timeout)?;
         agent::reboot(&rec.ssh);
         agent::await_verdict(
