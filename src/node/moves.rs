@@ -365,50 +365,59 @@ pub fn rollback(p: &Paths, reboot_after: bool) -> Result<Moved> {
     let state = ctx.state()?;
     let list = ctx.node.deployments();
     let booted = ctx.node.booted()?;
-    let (action, order, marker) = rollback_order(&state, &list, &booted)?;
+    let plan = RollbackPlan::of(&state, &list, &booted)?;
     // Reorder first, then disarm: a power loss between boots the booted deployment with a
     // countdown that belongs to no trial, which is cleared.
-    ctx.node.write_order(&order, false)?;
-    if let Some(m) = marker {
+    ctx.node.write_order(&plan.order, false)?;
+    if let Some(m) = plan.marker {
         ctx.set_countdown(None)?;
         remove_durably(&m)?;
     }
     let state = state.rollback()?;
     ctx.save(&state)?;
-    report_rollback(&ctx, action, reboot_after)
+    report_rollback(&ctx, plan.action, reboot_after)
 }
 
-/// A rollback's new order of the deployments, and the marker of a trial it cancels.
-fn rollback_order(
-    state: &State,
-    list: &[DeploymentInfo],
-    booted: &DeploymentInfo,
-) -> Result<(Action, Vec<(String, i32)>, Option<PathBuf>)> {
-    let key = |d: &DeploymentInfo| (d.commit.clone(), d.serial);
-    match state {
-        State::Armed { trial } => {
-            // The booted one first, the cancelled trial kept second.
-            let order = std::iter::once(booted)
-                .chain(list.iter().filter(|d| !d.booted))
-                .map(key)
-                .collect();
-            let cancelled = list.iter().find(|d| id(d) == trial.deployment);
-            Ok((
-                Action::Cancel,
-                order,
-                cancelled.map(|d| d.dir.join(super::MARKER)),
-            ))
+/// What a rollback does: the new order of the deployments, and the marker of a trial it
+/// cancels.
+struct RollbackPlan {
+    action: Action,
+    order: Vec<(String, i32)>,
+    marker: Option<PathBuf>,
+}
+
+impl RollbackPlan {
+    fn of(state: &State, list: &[DeploymentInfo], booted: &DeploymentInfo) -> Result<Self> {
+        let key = |d: &DeploymentInfo| (d.commit.clone(), d.serial);
+        match state {
+            State::Armed { trial } => {
+                // The booted one first, the cancelled trial kept second.
+                let order = std::iter::once(booted)
+                    .chain(list.iter().filter(|d| !d.booted))
+                    .map(key)
+                    .collect();
+                let cancelled = list.iter().find(|d| id(d) == trial.deployment);
+                Ok(RollbackPlan {
+                    action: Action::Cancel,
+                    order,
+                    marker: cancelled.map(|d| d.dir.join(super::MARKER)),
+                })
+            }
+            State::Steady if list.len() < 2 => bail!("no other deployment to roll back to"),
+            State::Steady => {
+                let first = if booted.index == 0 { &list[1] } else { booted };
+                let order = std::iter::once(first)
+                    .chain(list.iter().filter(|d| d.index != first.index))
+                    .map(key)
+                    .collect();
+                Ok(RollbackPlan {
+                    action: Action::Rollback,
+                    order,
+                    marker: None,
+                })
+            }
+            other => Err(other.refusal().into()),
         }
-        State::Steady if list.len() < 2 => bail!("no other deployment to roll back to"),
-        State::Steady => {
-            let first = if booted.index == 0 { &list[1] } else { booted };
-            let order = std::iter::once(first)
-                .chain(list.iter().filter(|d| d.index != first.index))
-                .map(key)
-                .collect();
-            Ok((Action::Rollback, order, None))
-        }
-        other => Err(other.refusal().into()),
     }
 }
 

@@ -369,3 +369,14 @@ fn arming_checks_the_trial() {
     t.deployment = t.from.clone();
     assert_eq!(State::Steady.arm(t), Err(Refusal::ArmBooted));
 }
+
+#[test]
+fn every_state_has_its_own_word_on_the_wire() {
+    let words: std::collections::BTreeSet<NodeState> = states().iter().map(State::wire).collect();
+    let all: std::collections::BTreeSet<NodeState> = NodeState::ALL
+        .iter()
+        .copied()
+        .filter(|w| *w != N::Unknown)
+        .collect();
+    assert_eq!(words, all, "unknown is for a state that cannot be told");
+}
