@@ -6,8 +6,9 @@ use super::*;
 /// A full document of format 1, every field populated.
 const FIXTURE: &str = include_str!("status-v1.json");
 
-/// `enum`'s every variant: its word on the wire is `as_str`, lower-case kebab, and reads back.
-fn round_trips<T>(all: &[T], word: fn(T) -> &'static str)
+/// An enum's every variant: its word on the wire is `as_str`, lower-case kebab, and reads back.
+/// Returns the words, in order.
+fn round_trips<T>(all: &[T], word: fn(T) -> &'static str) -> String
 where
     T: Copy + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned + std::fmt::Display,
 {
@@ -22,30 +23,26 @@ where
         assert_eq!(serde_json::from_str::<T>(&json).unwrap(), v, "{v:?}");
         assert_eq!(v.to_string(), w, "{v:?}");
     }
+    all.iter().map(|&v| word(v)).collect::<Vec<_>>().join(" ")
 }
 
 #[test]
 fn every_variant_of_every_enum_round_trips() {
-    round_trips(NodeState::ALL, NodeState::as_str);
-    round_trips(Verdict::ALL, Verdict::as_str);
-    round_trips(BootClass::ALL, BootClass::as_str);
-    round_trips(Action::ALL, Action::as_str);
     // The words of format 1, as the node has always written them.
-    let words = |w: Vec<&str>| w.join(" ");
     assert_eq!(
-        words(NodeState::ALL.iter().map(|v| v.as_str()).collect()),
+        round_trips(NodeState::ALL, NodeState::as_str),
         "steady armed on-trial passed failing fell-back stale unknown"
     );
     assert_eq!(
-        words(Verdict::ALL.iter().map(|v| v.as_str()).collect()),
+        round_trips(Verdict::ALL, Verdict::as_str),
         "good failed trial unknown"
     );
     assert_eq!(
-        words(BootClass::ALL.iter().map(|v| v.as_str()).collect()),
+        round_trips(BootClass::ALL, BootClass::as_str),
         "normal trial stale-cleared fell-back armed"
     );
     assert_eq!(
-        words(Action::ALL.iter().map(|v| v.as_str()).collect()),
+        round_trips(Action::ALL, Action::as_str),
         "upgrade rebase rollback cancel none"
     );
 }
