@@ -6,8 +6,8 @@
 //! - [`tmp`]: temporary trees, chroot mounts and atomic writes that clean up after themselves;
 //! - [`progress`]: a spinner per phase on a terminal, plain log lines otherwise;
 //! - [`logging`]: the log subscriber (colour only on a terminal);
-//! - [`digest`], [`units`], [`text`], [`time`], [`span`]: digests, sizes and durations, log tails,
-//!   timestamps, and the line of a TOML value for errors;
+//! - [`digest`], [`units`], [`text`], [`time`], [`span`]: digests, sizes and durations, log tails
+//!   and short hashes, timestamps, and the line of a TOML value for errors;
 //! - [`package`] and [`firmware`]: the vocabulary shared by compose, image, VMs and the node.
 
 pub mod cmd;

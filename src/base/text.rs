@@ -1,4 +1,4 @@
-//! Text helpers for messages: the tail of a log.
+//! Text helpers for messages: the tail of a log, the short form of a hash.
 
 /// The last `n` non-blank lines of `s`, joined by `sep`.
 pub fn tail(s: &str, n: usize, sep: &str) -> String {
@@ -6,9 +6,13 @@ pub fn tail(s: &str, n: usize, sep: &str) -> String {
     lines[lines.len().saturating_sub(n)..].join(sep)
 }
 
-/// The first 12 characters of a commit checksum (or all of a shorter string), for messages.
+/// How many characters of a hash a message shows.
+pub const SHORT_HASH: usize = 12;
+
+/// The first [`SHORT_HASH`] characters of `s` (a commit checksum, a digest), for messages: the
+/// whole of a shorter string, never cut inside a character.
 pub fn short_hash(s: &str) -> &str {
-    s.char_indices().nth(12).map_or(s, |(i, _)| &s[..i])
+    s.char_indices().nth(SHORT_HASH).map_or(s, |(i, _)| &s[..i])
 }
 
 #[cfg(test)]
@@ -23,10 +27,16 @@ mod tests {
     }
 
     #[test]
-    fn short_hashes_never_panic() {
-        assert_eq!(short_hash(&"a".repeat(64)), "a".repeat(12));
-        assert_eq!(short_hash("abc"), "abc");
+    fn short_hashes() {
+        let c = "0123456789abcdef".repeat(4);
+        assert_eq!(short_hash(&c), "0123456789ab");
+        assert_eq!(short_hash("0123456789ab"), "0123456789ab");
+        assert_eq!(short_hash("c2"), "c2", "a shorter string is whole");
         assert_eq!(short_hash(""), "");
-        assert_eq!(short_hash("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(
+            short_hash("ééééééééééééé"),
+            "éééééééééééé",
+            "twelve characters, not bytes"
+        );
     }
 }

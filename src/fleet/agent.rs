@@ -5,23 +5,25 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
 use super::manifest::Service;
+use crate::node::api::{self, Verdict};
 use crate::vm::ssh::Ssh;
 
-/// What the node says of itself.
+/// What the node says of itself: the parts of its status document ([`api::Status`]) a rollout
+/// follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeStatus {
     pub boot_id: String,
     pub commit: String,
+    /// The booted commit's version (empty for a commit without one).
     pub version: String,
-    /// The ref its deployment follows.
+    /// The ref its deployment follows (empty when it follows none).
     pub ref_: String,
     /// The commit the next boot starts (the default deployment): the new one once deployed.
     pub default_commit: String,
-    /// The node's verdict on this boot: `good`, `trial`, `failed`, or `unknown`.
-    pub verdict: String,
+    /// The node's verdict on this boot.
+    pub verdict: Verdict,
     /// Its last automatic rollback: the commit that failed, and why.
     pub last_rollback: Option<(String, String)>,
 }
@@ -39,39 +41,35 @@ pub enum NodeFailure {
     Vanished { node: String },
 }
 
-/// Decode `cairn node status --json` (and the boot id printed before it).
-pub fn parse_status(boot_id: &str, json: &str) -> Result<NodeStatus> {
-    let v: Value = serde_json::from_str(json).context("`cairn node status --json` is not JSON")?;
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let booted = &v["booted"];
-    let last = &v["last_rollback"];
+/// Decode node `node`'s `cairn node status --json` (and the boot id printed before it), strictly:
+/// a missing field, an unknown value or a newer format is an error naming the node and the field.
+pub fn parse_status(node: &str, boot_id: &str, json: &str) -> Result<NodeStatus> {
+    let s = api::read(json.as_bytes())
+        .with_context(|| format!("{node}: reading `cairn node status --json`"))?;
+    let booted = s.booted.as_ref().with_context(|| {
+        format!("{node}: `cairn node status --json` names no booted deployment")
+    })?;
     Ok(NodeStatus {
         boot_id: boot_id.to_string(),
-        commit: s(&booted["commit"]),
-        version: s(&booted["version"]),
-        ref_: s(&booted["ref"]),
-        default_commit: v["deployments"]
-            .as_array()
-            .and_then(|d| d.iter().find(|x| x["index"] == 0))
-            .map_or_else(|| s(&booted["commit"]), |d| s(&d["commit"])),
-        verdict: match v["verdict"].as_str() {
-            Some(x) => x.to_string(),
-            None => "unknown".into(),
-        },
-        last_rollback: last["commit"]
-            .as_str()
-            .map(|c| (c.to_string(), s(&last["reason"]))),
+        commit: booted.commit.clone(),
+        version: booted.version.clone().unwrap_or_default(),
+        ref_: booted.ref_.clone().unwrap_or_default(),
+        default_commit: s
+            .default_deployment()
+            .map_or_else(|| booted.commit.clone(), |d| d.commit.clone()),
+        verdict: s.verdict,
+        last_rollback: s.last_rollback.map(|r| (r.commit, r.reason)),
     })
 }
 
-/// The node's state now (an error when SSH does not answer).
-pub fn status(ssh: &Ssh) -> Result<NodeStatus> {
+/// Node `node`'s state now (an error when SSH does not answer).
+pub fn status(node: &str, ssh: &Ssh) -> Result<NodeStatus> {
     let out = ssh.run(
         "cat /proc/sys/kernel/random/boot_id && cairn node status --json",
         Duration::from_secs(60),
     )?;
     let (id, json) = out.stdout.split_once('\n').unwrap_or(("", ""));
-    parse_status(id.trim(), json)
+    parse_status(node, id.trim(), json)
 }
 
 /// Deploy `to_ref`'s newest commit as the next boot's (rebasing when the node follows another
@@ -121,7 +119,7 @@ pub fn await_verdict(
             }
             .into());
         }
-        match status(ssh) {
+        match status(name, ssh) {
             Ok(st) if st.boot_id != before && !st.boot_id.is_empty() => {
                 if let Some((c, reason)) = &st.last_rollback {
                     if c == target && st.commit != target {
@@ -133,7 +131,7 @@ pub fn await_verdict(
                         .into());
                     }
                 }
-                if st.commit == target && st.verdict == "good" {
+                if st.commit == target && st.verdict == Verdict::Good {
                     return Ok(st);
                 }
                 last = format!(
@@ -192,29 +190,81 @@ pub fn await_healthy(addr: &str, s: &Service, deadline: Instant) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A full status document of the current format (the node's fixture).
+    const FIXTURE: &str = include_str!("../node/api/status-v1.json");
+
+    fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
+        edit(&mut v);
+        v.to_string()
+    }
+
     #[test]
     fn status_json_is_read() {
-        let st = parse_status(
-            "b1",
-            r#"{"booted":{"commit":"c2","version":"1.2","ref":"cairn/amd64/app"},"verdict":"good","last_rollback":{"commit":"c3","reason":"health check 50-fail failed"}}"#,
-        )
-        .unwrap();
-        assert_eq!(st.commit, "c2");
-        assert_eq!(st.verdict, "good");
-        assert_eq!(st.last_rollback.unwrap().0, "c3");
+        let st = parse_status("app-1", "b1", FIXTURE).unwrap();
+        assert_eq!(st.boot_id, "b1");
+        assert_eq!(st.commit, "b".repeat(64));
         assert_eq!(
-            st.default_commit, "c2",
+            (st.version.as_str(), st.ref_.as_str()),
+            ("1.3", "cairn/amd64/app")
+        );
+        assert_eq!(st.verdict, Verdict::Trial);
+        let (c, reason) = st.last_rollback.unwrap();
+        assert_eq!(c, "c".repeat(64));
+        assert!(reason.starts_with("1 trial boot spent"), "{reason}");
+        assert_eq!(st.default_commit, "b".repeat(64));
+        let json = edited(|v| {
+            v["verdict"] = "good".into();
+            v["deployments"][0]["index"] = 1.into();
+            v["deployments"][1]["index"] = 0.into();
+            v["last_rollback"] = serde_json::Value::Null;
+        });
+        let st = parse_status("app-1", "b1", &json).unwrap();
+        assert_eq!(st.verdict, Verdict::Good);
+        assert_eq!(st.default_commit, "a".repeat(64), "the default is index 0");
+        assert!(st.last_rollback.is_none());
+        let json = edited(|v| v["deployments"] = serde_json::json!([]));
+        let st = parse_status("app-1", "b1", &json).unwrap();
+        assert_eq!(
+            st.default_commit,
+            "b".repeat(64),
             "no deployments listed: the booted one"
         );
-        let st = parse_status(
-            "b1",
-            r#"{"booted":{"commit":"c1"},"deployments":[{"index":0,"commit":"c2"},{"index":1,"commit":"c1"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(st.default_commit, "c2");
-        let st = parse_status("b1", r#"{"booted":{"commit":"c1"}}"#).unwrap();
-        assert_eq!(st.verdict, "unknown");
-        assert!(st.last_rollback.is_none());
-        assert!(parse_status("b", "not json").is_err());
+        let json = edited(|v| {
+            v["booted"]["version"] = serde_json::Value::Null;
+            v["booted"]["ref"] = serde_json::Value::Null;
+        });
+        let st = parse_status("app-1", "b1", &json).unwrap();
+        assert_eq!((st.version.as_str(), st.ref_.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn a_broken_status_is_an_error_naming_the_node_and_the_field() {
+        let e = |json: &str| format!("{:#}", parse_status("app-3", "b1", json).unwrap_err());
+        let missing = edited(|v| {
+            v.as_object_mut().unwrap().remove("verdict");
+        });
+        let m = e(&missing);
+        assert!(
+            m.starts_with("app-3: ") && m.contains("missing field `verdict`"),
+            "{m}"
+        );
+        let m = e(&edited(|v| v["state"] = "sleeping".into()));
+        assert!(
+            m.starts_with("app-3: ") && m.contains("state: unknown variant `sleeping`"),
+            "{m}"
+        );
+        let m = e(&edited(|v| v["format"] = 2.into()));
+        assert!(
+            m.starts_with("app-3: ") && m.contains("format 2 is newer"),
+            "{m}"
+        );
+        let m = e(&edited(|v| v["booted"] = serde_json::Value::Null));
+        assert!(
+            m.starts_with("app-3: ") && m.contains("no booted deployment"),
+            "{m}"
+        );
+        let m = e("not json");
+        assert!(m.starts_with("app-3: "), "{m}");
     }
 }

@@ -217,8 +217,7 @@ fn new_rollout(f: &Fleet, p: &Paths, o: &StartOpts) -> Result<Rollout> {
         .nodes()?
         .into_iter()
         .map(|n| {
-            let st = agent::status(&n.ssh)
-                .with_context(|| format!("{}: reading its state over SSH", n.name))?;
+            let st = agent::status(&n.name, &n.ssh)?;
             let done = f.policy.strategy == Strategy::InPlace && st.commit == to_commit;
             Ok(Node {
                 name: n.name,

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use super::api::BootClass;
 use super::journal::{note, Level};
-use super::state::State;
+use super::state::{Countdown, DeploymentId, StaleWhy, State, Trial};
 use super::view::{id, Ctx};
 use super::{health, now, remove_durably, Lock, Paths};
 use crate::base::cmd::Cmd;
@@ -40,85 +41,26 @@ pub fn ensure_classified(ctx: &mut Ctx) -> Result<()> {
 fn classify_in(ctx: &mut Ctx) -> Result<State> {
     let state = ctx.state()?;
     let booted = id(&ctx.node.booted()?);
-    let (word, state) = match state {
+    let (class, state) = match state {
         State::Stale {
             ref countdown,
             ref why,
             ref trial,
         } => {
-            ctx.set_countdown(None)?;
-            // A marker left in a deployment that is not booted would make its first boot a
-            // trial without a countdown.
-            if let Some(t) = trial.as_ref().filter(|t| t.deployment != booted) {
-                let dir = ctx
-                    .node
-                    .deployments()
-                    .into_iter()
-                    .find(|d| id(d) == t.deployment);
-                if let Some(d) = dir {
-                    remove_durably(&d.dir.join(super::MARKER))?;
-                }
-            }
-            note(
-                Level::Warning,
-                "stale-countdown",
-                &format!("boot: stale countdown ({countdown}, {why:?}): cleared; {booted} is not on trial"),
-            );
-            ("stale-cleared", state.cleared())
+            clear_stale(ctx, &booted, countdown, why, trial.as_ref())?;
+            (BootClass::StaleCleared, state.cleared())
         }
         State::FellBack { ref trial } => {
-            // 1. Record: the failure, the reason, the attempts.
-            let reason = ctx.status.fell_back(trial, &booted, &now());
-            ctx.save(&state)?;
-            note(
-                Level::Warning,
-                "fell-back",
-                &format!(
-                    "boot: FELL BACK to {booted}; {} ({}) failed: {reason}",
-                    trial.deployment,
-                    trial.version.as_deref().unwrap_or("no version")
-                ),
-            );
-            // 2. Drop the failed deployment: GRUB's entry 1 is then an older one, or none.
-            let order: Vec<(String, i32)> = ctx
-                .node
-                .deployments()
-                .iter()
-                .filter(|d| id(d) != trial.deployment)
-                .map(|d| (d.commit.clone(), d.serial))
-                .collect();
-            ctx.node.write_order(&order, true)?;
-            // 3. Disarm.
-            ctx.set_countdown(None)?;
-            note(
-                Level::Notice,
-                "dropped",
-                &format!("boot: {} dropped, countdown cleared", trial.deployment),
-            );
-            ("fell-back", state.fell_back())
+            record_fall_back(ctx, &state, trial, &booted)?;
+            (BootClass::FellBack, state.fell_back())
         }
         State::Steady => {
-            if remove_durably(&ctx.p.marker())? {
-                note(
-                    Level::Warning,
-                    "stale-marker",
-                    &format!("boot: no trial armed; the trial marker left in {booted} removed"),
-                );
-            }
-            ("normal", state)
+            remove_stale_marker(ctx, &booted)?;
+            (BootClass::Normal, state)
         }
         State::OnTrial { ref trial, left } => {
-            note(
-                Level::Notice,
-                "trial-boot",
-                &format!(
-                    "boot: trial of {} ({}), {left} trial boot{} left after this one",
-                    trial.deployment,
-                    trial.version.as_deref().unwrap_or("no version"),
-                    if left == 1 { "" } else { "s" }
-                ),
-            );
-            ("trial", state)
+            note_trial_boot(trial, left);
+            (BootClass::Trial, state)
         }
         State::Armed { ref trial } => {
             note(
@@ -129,17 +71,110 @@ fn classify_in(ctx: &mut Ctx) -> Result<State> {
                     trial.deployment
                 ),
             );
-            ("armed", state)
+            (BootClass::Armed, state)
         }
         // A boot never starts in these (see State::from_facts).
-        State::Passed { .. } | State::Failing { .. } => ("normal", state),
+        State::Passed { .. } | State::Failing { .. } => (BootClass::Normal, state),
     };
     fs_err::create_dir_all(ctx.p.run())?;
-    fs_err::write(ctx.p.classified(), format!("{word}\n"))?;
+    fs_err::write(ctx.p.classified(), format!("{class}\n"))?;
     ctx.status.boot_id = Some(super::boot_id(&ctx.p));
-    ctx.status.boot = Some(word.to_string());
+    ctx.status.boot = Some(class);
     ctx.save(&state)?;
     Ok(state)
+}
+
+/// A stale countdown: cleared, with a marker it left in a deployment that is not booted.
+fn clear_stale(
+    ctx: &mut Ctx,
+    booted: &DeploymentId,
+    countdown: &Countdown,
+    why: &StaleWhy,
+    trial: Option<&Trial>,
+) -> Result<()> {
+    ctx.set_countdown(None)?;
+    // A marker left in a deployment that is not booted would make its first boot a trial
+    // without a countdown.
+    if let Some(t) = trial.filter(|t| t.deployment != *booted) {
+        let dir = ctx
+            .node
+            .deployments()
+            .into_iter()
+            .find(|d| id(d) == t.deployment);
+        if let Some(d) = dir {
+            remove_durably(&d.dir.join(super::MARKER))?;
+        }
+    }
+    note(
+        Level::Warning,
+        "stale-countdown",
+        &format!("boot: stale countdown ({countdown}, {why:?}): cleared; {booted} is not on trial"),
+    );
+    Ok(())
+}
+
+/// A fall-back: recorded, the failed deployment dropped, then the countdown cleared (in this
+/// order: see the module docs).
+fn record_fall_back(
+    ctx: &mut Ctx,
+    state: &State,
+    trial: &Trial,
+    booted: &DeploymentId,
+) -> Result<()> {
+    // 1. Record: the failure, the reason, the attempts.
+    let reason = ctx.status.fell_back(trial, booted, &now());
+    ctx.save(state)?;
+    note(
+        Level::Warning,
+        "fell-back",
+        &format!(
+            "boot: FELL BACK to {booted}; {} ({}) failed: {reason}",
+            trial.deployment,
+            trial.version.as_deref().unwrap_or("no version")
+        ),
+    );
+    // 2. Drop the failed deployment: GRUB's entry 1 is then an older one, or none.
+    let order: Vec<(String, i32)> = ctx
+        .node
+        .deployments()
+        .iter()
+        .filter(|d| id(d) != trial.deployment)
+        .map(|d| (d.commit.clone(), d.serial))
+        .collect();
+    ctx.node.write_order(&order, true)?;
+    // 3. Disarm.
+    ctx.set_countdown(None)?;
+    note(
+        Level::Notice,
+        "dropped",
+        &format!("boot: {} dropped, countdown cleared", trial.deployment),
+    );
+    Ok(())
+}
+
+/// A steady boot: a trial marker left in it goes.
+fn remove_stale_marker(ctx: &Ctx, booted: &DeploymentId) -> Result<()> {
+    if remove_durably(&ctx.p.marker())? {
+        note(
+            Level::Warning,
+            "stale-marker",
+            &format!("boot: no trial armed; the trial marker left in {booted} removed"),
+        );
+    }
+    Ok(())
+}
+
+fn note_trial_boot(trial: &Trial, left: u32) {
+    note(
+        Level::Notice,
+        "trial-boot",
+        &format!(
+            "boot: trial of {} ({}), {left} trial boot{} left after this one",
+            trial.deployment,
+            trial.version.as_deref().unwrap_or("no version"),
+            if left == 1 { "" } else { "s" }
+        ),
+    );
 }
 
 /// `cairn node health-check`: an error (a failed unit, hence `OnFailure=`) when unhealthy.

@@ -3,6 +3,8 @@
 //! rebases and rolls back the host from its signed remote, and rolls it back by itself when a
 //! new deployment does not prove healthy within its trial boots. See `docs/node.md`.
 //!
+//! - [`api`]: the status contract, the typed, versioned document that the status file,
+//!   `cairn node status --json` and every reader (the fleet's agent) share;
 //! - [`state`]: the pure trial state machine (Zincati's style), tested exhaustively;
 //! - [`agent`]: the I/O of each state at boot (classify, health verdict, deadline);
 //! - [`moves`]: `upgrade`, `rebase`, `rollback` and `status`;
@@ -16,6 +18,7 @@
 //! mounted), and the records in `/var/lib/cairn/status.json` (shared by every deployment).
 
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod grubenv;
 pub mod health;

@@ -10,18 +10,21 @@
 //! countdown set, and only then does it become the default. Any failure before that last step
 //! leaves the booted deployment the default and nothing armed.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::agent::ensure_classified;
+use super::api::{Action, Deployment, EndOfLife, NodeState, Status};
 use super::config::Config;
 use super::journal::{note, Level};
-use super::record::{Deployment, EndOfLife, Status};
 use super::state::{State, Trial};
 use super::view::{id, split_refspec, Ctx};
 use super::{now, remove_durably, write_durably, Lock, Paths, REMOTE};
 use crate::base::cmd::Cmd;
-use crate::store::sysroot::DeploymentInfo;
+use crate::base::text::short_hash;
+use crate::store::sysroot::{DeploymentInfo, Pulled};
 
 /// How a move goes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,8 +38,8 @@ pub struct MoveOpts {
 /// What a move did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Moved {
-    /// `upgrade`, `rebase`, `rollback`, `cancel` or `none`.
-    pub action: &'static str,
+    /// What it did.
+    pub action: Action,
     /// The new default (none when nothing moved).
     pub default: Option<Deployment>,
     /// The ref it follows.
@@ -56,7 +59,7 @@ pub struct Moved {
 impl Moved {
     fn none(message: String) -> Self {
         Moved {
-            action: "none",
+            action: Action::None,
             default: None,
             ref_: None,
             tries: None,
@@ -95,105 +98,189 @@ fn move_to(p: &Paths, new_ref: Option<&str>, opts: MoveOpts) -> Result<Moved> {
     }
     let config = Config::load(&p.config())?;
     let booted = ctx.node.booted()?;
-    let origin = booted.origin.as_deref().and_then(split_refspec);
-    let remote = origin.map_or(REMOTE, |(r, _)| r).to_string();
-    let followed = origin.map(|(_, f)| f.to_string());
-    let mut target = match (new_ref, &followed) {
-        (Some(r), _) => r.to_string(),
-        (None, Some(f)) => f.clone(),
-        (None, None) => bail!(
-            "the booted deployment follows no remote ref (origin {:?}): `cairn node rebase REF`",
-            booted.origin
-        ),
-    };
-    let action = if new_ref.is_some() {
-        "rebase"
-    } else {
-        "upgrade"
-    };
-    // The commit alone: its signatures are checked before any file is fetched.
-    let mut pulled = ctx.node.pull(&remote, &target, true)?;
-    let mut bytes = pulled.bytes;
-    let mut eol = None;
-    let repo = ctx.node.repo();
-    for hop in 0..=MAX_EOL_HOPS {
-        let meta = crate::store::load_commit(&repo, &pulled.commit)?.meta;
-        let Some(next) = meta.endoflife_rebase.filter(|n| *n != target) else {
-            break;
-        };
-        if hop == MAX_EOL_HOPS {
-            bail!("{target} is retired too: more than {MAX_EOL_HOPS} retired refs in a row");
-        }
-        let message = meta.endoflife.unwrap_or_default();
-        note(
-            Level::Notice,
-            "endoflife",
-            &format!("{target} has reached its end of life ({message}): moving to {next}"),
-        );
-        eol = Some(EndOfLife {
-            ref_: target.clone(),
-            message,
-            rebased_to: next.clone(),
-            time: now(),
-        });
-        target = next;
-        pulled = ctx.node.pull(&remote, &target, true)?;
-        bytes += pulled.bytes;
-    }
-    let commit = pulled.commit.clone();
-    let version = crate::store::load_commit(&repo, &commit)?.meta.version;
-    let what = format!(
-        "{} ({})",
-        &commit[..12],
-        version.as_deref().unwrap_or("no version")
-    );
-    if commit == booted.commit && Some(&target) == followed.as_ref() {
+    let mut target = Target::of(&booted, new_ref)?;
+    let found = follow_endoflife(&ctx, &mut target)?;
+    if found.commit == booted.commit && Some(&target.ref_) == target.followed.as_ref() {
         return Ok(Moved::none(format!(
-            "already on {what}, the newest commit of {target}"
+            "already on {}, the newest commit of {}",
+            found.what, target.ref_
         )));
     }
-    if let Some(f) = ctx.status.refused(&commit) {
+    if let Some(f) = ctx.status.refused(&found.commit) {
         if !opts.allow_retry {
             bail!(
-                "{what} failed its trial on {} ({}); not deploying it again \
+                "{} failed its trial on {} ({}); not deploying it again \
                  (--allow-retry to try it anyway)",
+                found.what,
                 f.time,
                 f.reason
             );
         }
     }
-    let full = ctx.node.pull(&remote, &target, false)?;
-    bytes += full.bytes;
-    if full.commit != commit {
+    let full = ctx.node.pull(&target.remote, &target.ref_, false)?;
+    if full.commit != found.commit {
         bail!(
-            "{target} moved to {} during the pull: try again",
+            "{} moved to {} during the pull: try again",
+            target.ref_,
             full.commit
         );
     }
-    let new = ctx.node.deploy(&commit, &format!("{remote}:{target}"))?;
+    let trial = deploy_and_arm(&mut ctx, &target, &found, &booted, config.trial_boots, opts)?;
+    report_armed(&ctx, target, found, &full, &trial, opts)
+}
+
+/// Where a move goes: from the remote and ref the booted deployment follows, to a ref.
+struct Target {
+    action: Action,
+    remote: String,
+    /// The ref the booted deployment follows.
+    followed: Option<String>,
+    /// The ref to move to (the followed one for an upgrade, until an end of life moves it).
+    ref_: String,
+}
+
+impl Target {
+    fn of(booted: &DeploymentInfo, new_ref: Option<&str>) -> Result<Self> {
+        let origin = booted.origin.as_deref().and_then(split_refspec);
+        let followed = origin.map(|(_, f)| f.to_string());
+        let ref_ = match (new_ref, &followed) {
+            (Some(r), _) => r.to_string(),
+            (None, Some(f)) => f.clone(),
+            (None, None) => bail!(
+                "the booted deployment follows no remote ref (origin {:?}): \
+                 `cairn node rebase REF`",
+                booted.origin
+            ),
+        };
+        Ok(Target {
+            action: if new_ref.is_some() {
+                Action::Rebase
+            } else {
+                Action::Upgrade
+            },
+            remote: origin.map_or(REMOTE, |(r, _)| r).to_string(),
+            followed,
+            ref_,
+        })
+    }
+}
+
+/// The commit a move deploys, as its commit-only pulls found it.
+struct Found {
+    commit: String,
+    version: Option<String>,
+    /// The commit and its version, for messages.
+    what: String,
+    /// Bytes pulled so far, and static delta parts of the last pull.
+    bytes: u64,
+    delta_parts: u32,
+    /// The retired ref left on the way, if any.
+    eol: Option<EndOfLife>,
+}
+
+/// Pull the target's commit alone (its signatures are checked before any file is fetched),
+/// following `ostree.endoflife-rebase` from a retired ref to the one that replaces it.
+fn follow_endoflife(ctx: &Ctx, target: &mut Target) -> Result<Found> {
+    let mut pulled = ctx.node.pull(&target.remote, &target.ref_, true)?;
+    let mut bytes = pulled.bytes;
+    let mut eol = None;
+    let repo = ctx.node.repo();
+    for hop in 0..=MAX_EOL_HOPS {
+        let meta = crate::store::load_commit(&repo, &pulled.commit)?.meta;
+        let Some(next) = meta.endoflife_rebase.filter(|n| *n != target.ref_) else {
+            break;
+        };
+        if hop == MAX_EOL_HOPS {
+            bail!(
+                "{} is retired too: more than {MAX_EOL_HOPS} retired refs in a row",
+                target.ref_
+            );
+        }
+        let message = meta.endoflife.unwrap_or_default();
+        note(
+            Level::Notice,
+            "endoflife",
+            &format!(
+                "{} has reached its end of life ({message}): moving to {next}",
+                target.ref_
+            ),
+        );
+        eol = Some(EndOfLife {
+            ref_: std::mem::replace(&mut target.ref_, next.clone()),
+            message,
+            rebased_to: next,
+            time: now(),
+        });
+        pulled = ctx.node.pull(&target.remote, &target.ref_, true)?;
+        bytes += pulled.bytes;
+    }
+    let version = crate::store::load_commit(&repo, &pulled.commit)?
+        .meta
+        .version;
+    Ok(Found {
+        what: format!(
+            "{} ({})",
+            short_hash(&pulled.commit),
+            version.as_deref().unwrap_or("no version")
+        ),
+        commit: pulled.commit,
+        version,
+        bytes,
+        delta_parts: pulled.delta_parts,
+        eol,
+    })
+}
+
+/// Deploy the pulled commit and arm its trial; on a failed arm, undo it (the booted deployment
+/// stays the default).
+fn deploy_and_arm(
+    ctx: &mut Ctx,
+    target: &Target,
+    found: &Found,
+    booted: &DeploymentInfo,
+    tries: u32,
+    opts: MoveOpts,
+) -> Result<Trial> {
+    let refspec = format!("{}:{}", target.remote, target.ref_);
+    let new = ctx.node.deploy(&found.commit, &refspec)?;
     let trial = Trial {
         deployment: id(&new),
-        version: version.clone(),
-        tries: config.trial_boots,
+        version: found.version.clone(),
+        tries,
         armed: now(),
-        from: id(&booted),
+        from: id(booted),
         attempts: Vec::new(),
     };
-    if let Err(e) = arm(&mut ctx, &new, &booted, trial.clone(), opts.allow_retry) {
-        undo(&mut ctx, &booted);
+    if let Err(e) = arm(ctx, &new, booted, trial.clone(), opts.allow_retry) {
+        undo(ctx, booted);
         return Err(e.context(format!(
-            "arming {what}: nothing deployed, {} is still the default",
-            id(&booted)
+            "arming {}: nothing deployed, {} is still the default",
+            found.what,
+            id(booted)
         )));
     }
-    if let Some(e) = &eol {
+    if let Some(e) = &found.eol {
         ctx.status.endoflife = Some(e.clone());
         ctx.save(&State::Armed {
             trial: trial.clone(),
         })?;
     }
+    Ok(trial)
+}
+
+/// Say what an armed move did, and reboot into it when asked.
+fn report_armed(
+    ctx: &Ctx,
+    target: Target,
+    found: Found,
+    full: &Pulled,
+    trial: &Trial,
+    opts: MoveOpts,
+) -> Result<Moved> {
     let message = format!(
-        "{what} of {target} deployed as the default, {} trial boot{}; {}",
+        "{} of {} deployed as the default, {} trial boot{}; {}",
+        found.what,
+        target.ref_,
         trial.tries,
         if trial.tries == 1 { "" } else { "s" },
         if opts.reboot {
@@ -208,13 +295,13 @@ fn move_to(p: &Paths, new_ref: Option<&str>, opts: MoveOpts) -> Result<Moved> {
         reboot()?;
     }
     Ok(Moved {
-        action,
+        action: target.action,
         default,
-        ref_: Some(target),
+        ref_: Some(target.ref_),
         tries: Some(trial.tries),
-        bytes,
-        delta_parts: pulled.delta_parts + full.delta_parts,
-        endoflife: eol,
+        bytes: found.bytes + full.bytes,
+        delta_parts: found.delta_parts + full.delta_parts,
+        endoflife: found.eol,
         message,
         reboot: opts.reboot,
     })
@@ -278,47 +365,70 @@ pub fn rollback(p: &Paths, reboot_after: bool) -> Result<Moved> {
     let state = ctx.state()?;
     let list = ctx.node.deployments();
     let booted = ctx.node.booted()?;
-    let key = |d: &DeploymentInfo| (d.commit.clone(), d.serial);
-    let (action, order) = match &state {
-        State::Armed { trial } => {
-            // The booted one first, the cancelled trial kept second.
-            let order: Vec<_> = std::iter::once(&booted)
-                .chain(list.iter().filter(|d| !d.booted))
-                .map(key)
-                .collect();
-            let cancelled = list.iter().find(|d| id(d) == trial.deployment);
-            (
-                "cancel",
-                (order, cancelled.map(|d| d.dir.join(super::MARKER))),
-            )
-        }
-        State::Steady if list.len() < 2 => bail!("no other deployment to roll back to"),
-        State::Steady => {
-            let first = if booted.index == 0 { &list[1] } else { &booted };
-            let order = std::iter::once(first)
-                .chain(list.iter().filter(|d| d.index != first.index))
-                .map(key)
-                .collect();
-            ("rollback", (order, None))
-        }
-        other => return Err(other.refusal().into()),
-    };
-    let (order, marker) = order;
+    let plan = RollbackPlan::of(&state, &list, &booted)?;
     // Reorder first, then disarm: a power loss between boots the booted deployment with a
     // countdown that belongs to no trial, which is cleared.
-    ctx.node.write_order(&order, false)?;
-    if let Some(m) = marker {
+    ctx.node.write_order(&plan.order, false)?;
+    if let Some(m) = plan.marker {
         ctx.set_countdown(None)?;
         remove_durably(&m)?;
     }
     let state = state.rollback()?;
     ctx.save(&state)?;
+    report_rollback(&ctx, plan.action, reboot_after)
+}
+
+/// What a rollback does: the new order of the deployments, and the marker of a trial it
+/// cancels.
+struct RollbackPlan {
+    action: Action,
+    order: Vec<(String, i32)>,
+    marker: Option<PathBuf>,
+}
+
+impl RollbackPlan {
+    fn of(state: &State, list: &[DeploymentInfo], booted: &DeploymentInfo) -> Result<Self> {
+        let key = |d: &DeploymentInfo| (d.commit.clone(), d.serial);
+        match state {
+            State::Armed { trial } => {
+                // The booted one first, the cancelled trial kept second.
+                let order = std::iter::once(booted)
+                    .chain(list.iter().filter(|d| !d.booted))
+                    .map(key)
+                    .collect();
+                let cancelled = list.iter().find(|d| id(d) == trial.deployment);
+                Ok(RollbackPlan {
+                    action: Action::Cancel,
+                    order,
+                    marker: cancelled.map(|d| d.dir.join(super::MARKER)),
+                })
+            }
+            State::Steady if list.len() < 2 => bail!("no other deployment to roll back to"),
+            State::Steady => {
+                let first = if booted.index == 0 { &list[1] } else { booted };
+                let order = std::iter::once(first)
+                    .chain(list.iter().filter(|d| d.index != first.index))
+                    .map(key)
+                    .collect();
+                Ok(RollbackPlan {
+                    action: Action::Rollback,
+                    order,
+                    marker: None,
+                })
+            }
+            other => Err(other.refusal().into()),
+        }
+    }
+}
+
+/// Say what a rollback did, and reboot when asked.
+fn report_rollback(ctx: &Ctx, action: Action, reboot_after: bool) -> Result<Moved> {
     let default = ctx.node.deployments().first().map(|d| ctx.describe(d));
     let message = match &default {
         Some(d) => format!(
             "{}: {}.{} ({}) is the default{}",
             action,
-            &d.commit[..12],
+            short_hash(&d.commit),
             d.serial,
             d.version.as_deref().unwrap_or("no version"),
             if reboot_after {
@@ -329,7 +439,7 @@ pub fn rollback(p: &Paths, reboot_after: bool) -> Result<Moved> {
         ),
         None => format!("{action}: no deployment left"),
     };
-    note(Level::Notice, action, &message);
+    note(Level::Notice, action.as_str(), &message);
     if reboot_after {
         reboot()?;
     }
@@ -350,14 +460,18 @@ pub fn rollback(p: &Paths, reboot_after: bool) -> Result<Moved> {
     })
 }
 
-/// `cairn node status`: the deployments now, and the records.
+/// `cairn node status`: the deployments now, and the records. A state that cannot be told (its
+/// facts could not be read) is [`NodeState::Unknown`], the error on stderr.
 pub fn status(p: &Paths) -> Result<Status> {
     let mut ctx = Ctx::open(p)?;
     let state = match ctx.state() {
-        Ok(st) => st.name().to_string(),
-        Err(e) => format!("unknown ({e:#})"),
+        Ok(st) => st.wire(),
+        Err(e) => {
+            tracing::error!("the node's state cannot be told: {e:#}");
+            NodeState::Unknown
+        }
     };
-    ctx.snapshot(&state);
+    ctx.snapshot(state);
     Ok(ctx.status)
 }
 
@@ -373,7 +487,7 @@ pub fn render(s: &Status) -> String {
             "{} {} {}.{}  {}  {}  {}\n",
             if d.booted { "*" } else { " " },
             d.index,
-            &d.commit[..12.min(d.commit.len())],
+            short_hash(&d.commit),
             d.serial,
             d.version.as_deref().unwrap_or("-"),
             d.origin.as_deref().unwrap_or("(no origin)"),
@@ -399,7 +513,7 @@ pub fn render(s: &Status) -> String {
     if let Some(r) = &s.last_rollback {
         out.push_str(&format!(
             "last automatic rollback: {}.{} ({}) on {}, back on {}: {}\n",
-            &r.commit[..12.min(r.commit.len())],
+            short_hash(&r.commit),
             r.serial,
             r.version.as_deref().unwrap_or("-"),
             r.time,
@@ -410,7 +524,7 @@ pub fn render(s: &Status) -> String {
     for (c, f) in &s.failed {
         out.push_str(&format!(
             "failed: {} ({}) on {}: not deployed again without --allow-retry\n",
-            &c[..12.min(c.len())],
+            short_hash(c),
             f.version.as_deref().unwrap_or("-"),
             f.time
         ));

@@ -1,106 +1,26 @@
 //! What the node records in `/var/lib/cairn/status.json` (on `/var`, shared by every
 //! deployment, so that it survives a move between them): the trial under way, the last
 //! automatic rollback and why, every commit that failed its trial, the last good boot, an end of
-//! life met on the way, and a snapshot of the deployments. `cairn node status --json` prints the
-//! same document; a fleet tool reads the file over SSH. It is written atomically (a temporary
-//! file, fsync, rename, fsync of the directory).
+//! life met on the way, and a snapshot of the deployments. The document's types are the status
+//! contract, [`super::api`]; `cairn node status --json` prints the same document; a fleet tool
+//! reads it over SSH. It is written atomically (a temporary file, fsync, rename, fsync of the
+//! directory).
 //!
 //! The changes to the records are pure functions of this module, unit-tested here; the agent
 //! only reads, calls them and writes.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
-use super::state::{Attempt, DeploymentId, Trial};
-
-/// The format of the file (bumped on an incompatible change).
-pub const FORMAT: u32 = 1;
+use super::api::{
+    self, Attempt, Booted, Deployment, DeploymentId, Failure, Good, NodeState, Rollback, Status,
+    Trial, Unhealthy, Verdict,
+};
 
 /// What the attempts say when no trial boot reported (it panicked, hung before `/var` was
 /// writable, or lost power).
 pub const NONE_REPORTED: &str = "none reported (hang before userspace, panic, or power loss)";
-
-/// A deployment as `status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deployment {
-    pub index: usize,
-    pub commit: String,
-    pub serial: i32,
-    pub version: Option<String>,
-    /// The refspec it follows (`remote:ref`).
-    pub origin: Option<String>,
-    pub booted: bool,
-    /// The key that signed the commit, as the remote's keyring verifies it (`None`: unsigned or
-    /// not verifiable).
-    pub signed_by: Option<String>,
-    /// The commit's `ostree.endoflife`, if its ref has ended.
-    pub endoflife: Option<String>,
-}
-
-/// A commit that failed its trial.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub version: Option<String>,
-    pub reason: String,
-    pub time: String,
-}
-
-/// The last automatic rollback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rollback {
-    /// The commit that failed, and its deploy serial.
-    pub commit: String,
-    pub serial: i32,
-    pub version: Option<String>,
-    pub reason: String,
-    pub attempts: Vec<Attempt>,
-    /// The deployment the node is back on.
-    pub booted: DeploymentId,
-    pub time: String,
-}
-
-/// The last boot that passed its health check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Good {
-    pub deployment: DeploymentId,
-    pub boot_id: String,
-    /// It ended a trial.
-    pub trial: bool,
-    pub time: String,
-}
-
-/// A move because the followed ref ended (`ostree.endoflife-rebase`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndOfLife {
-    #[serde(rename = "ref")]
-    pub ref_: String,
-    pub message: String,
-    pub rebased_to: String,
-    pub time: String,
-}
-
-/// The booted deployment, for a reader that wants only that.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Booted {
-    pub commit: String,
-    pub serial: i32,
-    pub version: Option<String>,
-    /// The ref it follows (without the remote).
-    #[serde(rename = "ref")]
-    pub ref_: Option<String>,
-    pub origin: Option<String>,
-}
-
-/// The last unhealthy verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unhealthy {
-    pub boot_id: String,
-    pub reason: String,
-    pub time: String,
-}
 
 /// A refspec's remote and ref (`remote:ref`; a refspec without a remote has none to pull from).
 pub fn split_refspec(refspec: &str) -> Option<(&str, &str)> {
@@ -109,64 +29,12 @@ pub fn split_refspec(refspec: &str) -> Option<(&str, &str)> {
         .filter(|(r, f)| !r.is_empty() && !f.is_empty())
 }
 
-/// `/var/lib/cairn/status.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub format: u32,
-    pub updated: String,
-    /// The state machine's state (`steady`, `armed`, `on-trial`, …).
-    pub state: String,
-    /// The health verdict on this boot: `good`, `failed`, `trial` (a trial boot waiting for
-    /// it) or `unknown` (not given yet).
-    #[serde(default)]
-    pub verdict: String,
-    /// This boot's id and what classifying it found.
-    pub boot_id: Option<String>,
-    pub boot: Option<String>,
-    pub booted: Option<Booted>,
-    pub deployments: Vec<Deployment>,
-    pub trial: Option<Trial>,
-    pub last_rollback: Option<Rollback>,
-    /// Commits that failed their trial: never deployed again without `--allow-retry`.
-    #[serde(default)]
-    pub failed: BTreeMap<String, Failure>,
-    pub last_good: Option<Good>,
-    pub last_unhealthy: Option<Unhealthy>,
-    pub endoflife: Option<EndOfLife>,
-}
-
-impl Default for Status {
-    fn default() -> Self {
-        Status {
-            format: FORMAT,
-            updated: String::new(),
-            state: "steady".into(),
-            verdict: "unknown".into(),
-            boot_id: None,
-            boot: None,
-            booted: None,
-            deployments: Vec::new(),
-            trial: None,
-            last_rollback: None,
-            failed: BTreeMap::new(),
-            last_good: None,
-            last_unhealthy: None,
-            endoflife: None,
-        }
-    }
-}
-
 impl Status {
-    /// The booted deployment, as last recorded.
-    pub fn booted(&self) -> Option<&Deployment> {
-        self.deployments.iter().find(|d| d.booted)
-    }
-
     /// Take a fresh view of the deployments, the state and this boot's verdict.
     pub fn snapshot(
         &mut self,
         deployments: Vec<Deployment>,
-        state: &str,
+        state: NodeState,
         boot_id: &str,
         time: &str,
     ) {
@@ -182,18 +50,17 @@ impl Status {
                 .map(|(_, r)| r.to_string()),
             origin: d.origin.clone(),
         });
-        self.state = state.to_string();
+        self.state = state;
         let this_boot = |id: Option<&str>| !boot_id.is_empty() && id == Some(boot_id);
         self.verdict = if this_boot(self.last_good.as_ref().map(|g| g.boot_id.as_str())) {
-            "good"
+            Verdict::Good
         } else if this_boot(self.last_unhealthy.as_ref().map(|u| u.boot_id.as_str())) {
-            "failed"
-        } else if state == "on-trial" {
-            "trial"
+            Verdict::Failed
+        } else if state == NodeState::OnTrial {
+            Verdict::Trial
         } else {
-            "unknown"
-        }
-        .to_string();
+            Verdict::Unknown
+        };
         self.updated = time.to_string();
     }
 
@@ -283,10 +150,11 @@ impl Status {
     }
 }
 
-/// Read the status file; a missing file is an empty record, a broken one an error naming it.
+/// Read the status file (strictly, [`api::read`]); a missing file is an empty record (a first
+/// boot), a broken one an error naming it and the field.
 pub fn load(path: &Path) -> Result<Status> {
     match fs_err::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
+        Ok(b) => api::read(&b)
             .with_context(|| format!("{}: not a cairn node status file", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
         Err(e) => Err(e.into()),
@@ -295,8 +163,7 @@ pub fn load(path: &Path) -> Result<Status> {
 
 /// Write the status file atomically and durably.
 pub fn save(path: &Path, s: &Status) -> Result<()> {
-    let mut text = serde_json::to_vec_pretty(s)?;
-    text.push(b'\n');
+    let text = api::write(s).with_context(|| format!("writing {}", path.display()))?;
     super::write_durably(path, &text)
 }
 
@@ -408,22 +275,23 @@ mod tests {
                 ..Default::default()
             },
         ];
-        s.snapshot(deps.clone(), "on-trial", "boot-1", "t");
+        s.snapshot(deps.clone(), NodeState::OnTrial, "boot-1", "t");
         let b = s.booted.clone().unwrap();
         assert_eq!(
             (b.commit, b.ref_.as_deref()),
             ("o".repeat(64), Some("cairn/amd64/app"))
         );
-        assert_eq!(s.verdict, "trial");
+        assert_eq!(s.verdict, Verdict::Trial);
         s.unhealthy("boot-1", "failed units: x", "t");
-        s.snapshot(deps.clone(), "failing", "boot-1", "t");
-        assert_eq!(s.verdict, "failed");
+        s.snapshot(deps.clone(), NodeState::Failing, "boot-1", "t");
+        assert_eq!(s.verdict, Verdict::Failed);
         s.good(&dep('o'), "boot-2", false, "t");
-        s.snapshot(deps.clone(), "steady", "boot-2", "t");
-        assert_eq!(s.verdict, "good");
-        s.snapshot(deps, "steady", "boot-3", "t");
+        s.snapshot(deps.clone(), NodeState::Steady, "boot-2", "t");
+        assert_eq!(s.verdict, Verdict::Good);
+        s.snapshot(deps, NodeState::Steady, "boot-3", "t");
         assert_eq!(
-            s.verdict, "unknown",
+            s.verdict,
+            Verdict::Unknown,
             "a verdict of another boot is not this one's"
         );
         // What the fleet's agent reads (src/fleet/agent.rs): booted.{commit,version,ref},

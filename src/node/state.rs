@@ -17,50 +17,10 @@
 //!
 //! The trial is known by identity (commit and deploy serial), never by its place in the list.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// A deployment by identity: its commit and libostree's serial (the same commit can be
-/// deployed twice).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentId {
-    pub commit: String,
-    pub serial: i32,
-}
-
-impl std::fmt::Display for DeploymentId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}.{}",
-            &self.commit[..12.min(self.commit.len())],
-            self.serial
-        )
-    }
-}
-
-/// An unhealthy trial boot, as the node recorded it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub boot_id: String,
-    pub reason: String,
-    pub time: String,
-}
-
-/// A deployment on trial, as the node armed it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trial {
-    pub deployment: DeploymentId,
-    pub version: Option<String>,
-    /// Trial boots it was given.
-    pub tries: u32,
-    /// When it was armed (RFC 3339).
-    pub armed: String,
-    /// The deployment that was booted when it was armed (the one GRUB falls back to).
-    pub from: DeploymentId,
-    /// Its unhealthy boots so far.
-    #[serde(default)]
-    pub attempts: Vec<Attempt>,
-}
+use super::api::NodeState;
+pub use super::api::{Attempt, DeploymentId, Trial};
 
 /// The most trial boots GRUB's countdown counts (its `if`/`elif` chain is generated to here).
 pub const MAX_TRIES: u32 = 9;
@@ -232,16 +192,16 @@ impl State {
         }
     }
 
-    /// A name for records and `cairn node status`.
-    pub fn name(&self) -> &'static str {
+    /// The state as the status document names it ([`NodeState`]).
+    pub fn wire(&self) -> NodeState {
         match self {
-            State::Steady => "steady",
-            State::Armed { .. } => "armed",
-            State::OnTrial { .. } => "on-trial",
-            State::Passed { .. } => "passed",
-            State::Failing { .. } => "failing",
-            State::FellBack { .. } => "fell-back",
-            State::Stale { .. } => "stale",
+            State::Steady => NodeState::Steady,
+            State::Armed { .. } => NodeState::Armed,
+            State::OnTrial { .. } => NodeState::OnTrial,
+            State::Passed { .. } => NodeState::Passed,
+            State::Failing { .. } => NodeState::Failing,
+            State::FellBack { .. } => NodeState::FellBack,
+            State::Stale { .. } => NodeState::Stale,
         }
     }
 

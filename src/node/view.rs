@@ -3,10 +3,12 @@
 
 use anyhow::{Context, Result};
 
+use super::api::{Deployment, NodeState, Status};
+use super::record;
 pub use super::record::split_refspec;
-use super::record::{self, Deployment, Status};
 use super::state::{Countdown, DeploymentId, Facts, State};
 use super::{grubenv, Paths};
+use crate::base::text::short_hash;
 use crate::store::sysroot::{DeploymentInfo, Node};
 
 /// One step's view of the node: its paths, its sysroot, its records.
@@ -88,7 +90,7 @@ impl Ctx {
     /// Write the status file (with a fresh snapshot of the deployments and `state`) and the
     /// login message.
     pub fn save(&mut self, state: &State) -> Result<()> {
-        self.snapshot(state.name());
+        self.snapshot(state.wire());
         // The steps keep the trial record (with its attempts); a steady node has none.
         if matches!(state, State::Steady) {
             self.status.trial = None;
@@ -98,7 +100,7 @@ impl Ctx {
     }
 
     /// A fresh view of the deployments, the state and this boot's verdict, in the records.
-    pub fn snapshot(&mut self, state: &str) {
+    pub fn snapshot(&mut self, state: NodeState) {
         let deployments = self
             .node
             .deployments()
@@ -153,7 +155,7 @@ pub fn motd(s: &Status) -> Option<String> {
         if r.booted.commit == booted.commit && r.booted.serial == booted.serial {
             lines.push(format!(
                 "cairn: the update to {} ({}) was rolled back automatically on {}: {}",
-                &r.commit[..12.min(r.commit.len())],
+                short_hash(&r.commit),
                 r.version.as_deref().unwrap_or("no version"),
                 r.time,
                 r.reason
@@ -166,7 +168,7 @@ pub fn motd(s: &Status) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::record::{EndOfLife, Rollback};
+    use crate::node::api::{EndOfLife, Rollback};
 
     #[test]
     fn refspecs() {

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::audit::{self, Entry};
 use super::promote::ref_commit;
-use super::publish::short;
 use super::sign::{self, Signature};
+use crate::base::text::short_hash;
 use crate::store;
 
 /// The commit a ref points at, as the log shows it.
@@ -125,7 +125,7 @@ impl std::fmt::Display for History {
                 writeln!(f, "{line}")?;
             }
             if let (Some(r), Some(c)) = (&s.promoted_from, &s.promoted_from_commit) {
-                writeln!(f, "  promoted from {r} ({})", short(c))?;
+                writeln!(f, "  promoted from {r} ({})", short_hash(c))?;
             }
             if let Some(m) = &s.endoflife {
                 let to = s.endoflife_rebase.as_deref().unwrap_or("-");
@@ -144,9 +144,9 @@ impl std::fmt::Display for History {
         }
         for e in &self.entries {
             let commits = match (&e.old, &e.new) {
-                (Some(o), Some(n)) if o != n => format!("{} → {}", short(o), short(n)),
-                (None, Some(n)) => format!("new → {}", short(n)),
-                (_, Some(n)) => short(n).to_string(),
+                (Some(o), Some(n)) if o != n => format!("{} → {}", short_hash(o), short_hash(n)),
+                (None, Some(n)) => format!("new → {}", short_hash(n)),
+                (_, Some(n)) => short_hash(n).to_string(),
                 _ => String::new(),
             };
             let mut extra = String::new();
@@ -156,7 +156,7 @@ impl std::fmt::Display for History {
                     serde_json::Value::String(s)
                         if s.len() >= 40 && s.chars().all(|c| c.is_ascii_hexdigit()) =>
                     {
-                        short(s).to_string()
+                        short_hash(s).to_string()
                     }
                     serde_json::Value::String(s) if s.contains(char::is_whitespace) => {
                         format!("{s:?}")

@@ -20,8 +20,9 @@ use ostree::gio;
 use serde::Serialize;
 
 use super::audit::Entry;
-use super::publish::{self, short};
+use super::publish;
 use super::sign::SignOpts;
+use crate::base::text::short_hash;
 use crate::store::{self, Commit, CommitMeta};
 
 /// What a promotion or a retirement did.
@@ -99,7 +100,7 @@ fn check_compatible(
         bail!(
             "{to} ({}) was not made by promotion from {from}: not an ancestor-compatible stream \
              (--force promotes anyway)",
-            short(&target.checksum)
+            short_hash(&target.checksum)
         );
     };
     if pref != from {
@@ -113,15 +114,15 @@ fn check_compatible(
         Some(false) => bail!(
             "{from}'s commit {} does not descend from {} (what {to} was last promoted from): \
              {to} would move sideways or back (--force promotes anyway)",
-            short(&source.checksum),
-            short(&pfrom)
+            short_hash(&source.checksum),
+            short_hash(&pfrom)
         ),
         // FROM's history was pruned before reaching it: FROM's commit must be no older.
         None if source.timestamp >= target.timestamp => Ok(()),
         None => bail!(
             "{from}'s commit {} is older than {to}'s: {to} would move back (--force promotes \
              anyway)",
-            short(&source.checksum)
+            short_hash(&source.checksum)
         ),
     }
 }
@@ -147,7 +148,7 @@ pub fn promote(
             bail!(
                 "{from}'s commit {} is not signed by the release key {}: sign it first (cairn sign \
                  {from})",
-                short(&src_commit),
+                short_hash(&src_commit),
                 s.key.fingerprint
             );
         }

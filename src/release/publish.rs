@@ -12,6 +12,7 @@ use ostree::glib;
 use ostree::glib::prelude::*;
 
 use super::sign::Signer;
+use crate::base::text::short_hash;
 
 /// Generate the static delta `from` → `to`; nothing when there is no `from` or it is gone
 /// (pruned), or it is `to`. Returns whether a delta was written.
@@ -37,8 +38,8 @@ pub fn delta(repo: &ostree::Repo, from: Option<&str>, to: &str) -> Result<bool> 
     .with_context(|| format!("generating the static delta {from} → {to}"))?;
     tracing::info!(
         "static delta {} → {} in {:.1} s",
-        short(from),
-        short(to),
+        short_hash(from),
+        short_hash(to),
         started.elapsed().as_secs_f64()
     );
     Ok(true)
@@ -89,9 +90,4 @@ pub fn summary(repo: &ostree::Repo, signer: Option<&Signer>) -> Result<()> {
 pub fn has_commit(repo: &ostree::Repo, commit: &str) -> Result<bool> {
     repo.has_object(ostree::ObjectType::Commit, commit, gio::Cancellable::NONE)
         .with_context(|| format!("looking for commit {commit}"))
-}
-
-/// The first 12 digits of a checksum, for messages.
-pub fn short(c: &str) -> &str {
-    &c[..12.min(c.len())]
 }

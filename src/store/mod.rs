@@ -92,7 +92,7 @@ impl Commit {
         self.meta
             .version
             .clone()
-            .unwrap_or_else(|| self.checksum[..12.min(self.checksum.len())].to_string())
+            .unwrap_or_else(|| crate::base::text::short_hash(&self.checksum).to_string())
     }
 }
 

@@ -365,7 +365,7 @@ fn revert_updated(ctx: &Ctx) -> Result<()> {
         let rec = ctx.node_record(&n.name)?;
         let deadline = Instant::now() + ctx.fleet.policy.node_timeout;
         ctx.lb.drain(&n.name, ctx.fleet.policy.drain_timeout).ok();
-        let before = agent::status(&rec.ssh)?.boot_id;
+        let before = agent::status(&n.name, &rec.ssh)?.boot_id;
         agent::rollback(&rec.ssh, ctx.fleet.policy.node_timeout)?;
         agent::reboot(&rec.ssh);
         agent::await_verdict(

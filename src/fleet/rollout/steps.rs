@@ -27,7 +27,7 @@ pub(super) fn run(ctx: &Ctx, r: &Rollout, name: &str, act: Act, deadline: Instan
         Act::Reboot { boot_id } => {
             let rec = ctx.node_record(name)?;
             // Not rebooted yet (or not known): reboot now.
-            if agent::status(&rec.ssh).is_ok_and(|st| st.boot_id == boot_id) {
+            if agent::status(name, &rec.ssh).is_ok_and(|st| st.boot_id == boot_id) {
                 agent::reboot(&rec.ssh);
             }
             ctx.step(name, NodeStep::Verifying { boot_id })
@@ -74,7 +74,7 @@ fn deploy(ctx: &Ctx, r: &Rollout, name: &str) -> Result<()> {
         return Err(NodeFailure::Vanished { node: name.into() }.into());
     }
     let rec = ctx.node_record(name)?;
-    let st = agent::status(&rec.ssh)?;
+    let st = agent::status(name, &rec.ssh)?;
     if st.commit == r.to_commit {
         // Already there (a resumed rollout whose node rebooted before the crash).
         return ctx.step(

@@ -2,6 +2,7 @@
 //! transition from every state.
 
 use super::*;
+use NodeState as N;
 
 fn dep(c: char, serial: i32) -> DeploymentId {
     DeploymentId {
@@ -226,7 +227,7 @@ fn every_combination_keeps_the_invariants() {
                             f.trial = None;
                         }
                         let s = State::from_facts(&f);
-                        seen.insert(s.name());
+                        seen.insert(s.wire());
                         let at = list.iter().position(|d| *d == b);
                         let why = format!("{f:?} → {s:?}");
                         // Clear ⇔ steady.
@@ -248,7 +249,7 @@ fn every_combination_keeps_the_invariants() {
                             State::Stale { .. } => assert!(countdown.armed(), "{why}"),
                             State::Steady => {}
                             State::Passed { .. } | State::Failing { .. } => {
-                                panic!("a boot never starts in {}: {why}", s.name())
+                                panic!("a boot never starts in {}: {why}", s.wire())
                             }
                         }
                     }
@@ -256,8 +257,8 @@ fn every_combination_keeps_the_invariants() {
             }
         }
     }
-    for name in ["steady", "armed", "on-trial", "fell-back", "stale"] {
-        assert!(seen.contains(name), "{name} never reached");
+    for name in [N::Steady, N::Armed, N::OnTrial, N::FellBack, N::Stale] {
+        assert!(seen.contains(&name), "{name} never reached");
     }
 }
 
@@ -290,13 +291,13 @@ fn states() -> Vec<State> {
 fn every_transition_from_every_state() {
     let t = trial(dep('c', 0));
     for s in states() {
-        let name = s.name();
+        let name = s.wire();
         // arm: only from steady.
         let armed = s.clone().arm(t.clone());
         match name {
-            "steady" => assert_eq!(armed, Ok(State::Armed { trial: t.clone() })),
-            "armed" => assert!(matches!(armed, Err(Refusal::Armed(_))), "{name}"),
-            "on-trial" | "passed" | "failing" => {
+            N::Steady => assert_eq!(armed, Ok(State::Armed { trial: t.clone() })),
+            N::Armed => assert!(matches!(armed, Err(Refusal::Armed(_))), "{name}"),
+            N::OnTrial | N::Passed | N::Failing => {
                 assert!(matches!(armed, Err(Refusal::OnTrial(_))), "{name}")
             }
             _ => assert_eq!(armed, Err(Refusal::Unsettled), "{name}"),
@@ -337,9 +338,9 @@ fn every_transition_from_every_state() {
         }
         // Each step's end: only from its own state.
         for (after, from) in [
-            (s.clone().settled(), "passed"),
-            (s.clone().fell_back(), "fell-back"),
-            (s.clone().cleared(), "stale"),
+            (s.clone().settled(), N::Passed),
+            (s.clone().fell_back(), N::FellBack),
+            (s.clone().cleared(), N::Stale),
         ] {
             if name == from {
                 assert_eq!(after, State::Steady, "{name}");
@@ -350,10 +351,10 @@ fn every_transition_from_every_state() {
         // rollback: from steady, or cancelling an armed trial.
         let r = s.clone().rollback();
         match name {
-            "steady" | "armed" => assert_eq!(r, Ok(State::Steady)),
+            N::Steady | N::Armed => assert_eq!(r, Ok(State::Steady)),
             _ => assert!(r.is_err(), "{name}"),
         }
-        assert_eq!(s.trial().is_some(), name != "steady");
+        assert_eq!(s.trial().is_some(), name != N::Steady);
     }
 }
 
@@ -367,4 +368,15 @@ fn arming_checks_the_trial() {
     t.tries = MAX_TRIES;
     t.deployment = t.from.clone();
     assert_eq!(State::Steady.arm(t), Err(Refusal::ArmBooted));
+}
+
+#[test]
+fn every_state_has_its_own_word_on_the_wire() {
+    let words: std::collections::BTreeSet<NodeState> = states().iter().map(State::wire).collect();
+    let all: std::collections::BTreeSet<NodeState> = NodeState::ALL
+        .iter()
+        .copied()
+        .filter(|w| *w != N::Unknown)
+        .collect();
+    assert_eq!(words, all, "unknown is for a state that cannot be told");
 }
