@@ -7,7 +7,8 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -174,21 +175,69 @@ impl Cmd {
 
     fn run_unchecked(mut self) -> Result<(std::process::ExitStatus, Output, String)> {
         tracing::debug!(cmd = %self.display, "running");
+        let mut child = self.spawn_piped()?;
+        let pipes = Pipes::start(&mut child, self.stdin.take());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child
+                .try_wait()
+                .with_context(|| format!("waiting for `{}`", self.display))?
+            {
+                break st;
+            }
+            if let Some(e) = self.why_stop(started) {
+                stop(&mut child);
+                pipes.abandon();
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok((status, pipes.finish(), self.short_display()))
+    }
+
+    /// Start the command in a process group of its own, its stdout and stderr piped (and its
+    /// stdin, when it has bytes to read).
+    fn spawn_piped(&mut self) -> Result<Child> {
         own_process_group(&mut self.inner);
         let stdin = if self.stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
         };
-        let mut child = self
-            .inner
+        self.inner
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("could not start `{}`", self.display))?;
-        // Read both pipes on threads so that neither can fill up and block the child, while this
-        // thread watches for the child's end or an interrupt.
+            .with_context(|| format!("could not start `{}`", self.display))
+    }
+
+    /// Why a running command must stop now, if it must: an interrupt, or its timeout.
+    fn why_stop(&self, started: Instant) -> Option<anyhow::Error> {
+        if crate::base::interrupt::requested() {
+            Some(
+                anyhow::Error::new(crate::base::interrupt::Interrupted)
+                    .context(format!("stopped `{}`", self.short_display())),
+            )
+        } else {
+            self.timeout
+                .filter(|limit| started.elapsed() > *limit)
+                .map(|limit| TimedOut(self.short_display(), limit.as_secs()).into())
+        }
+    }
+}
+
+/// The threads of a running child's pipes: they read stdout and stderr so that neither can
+/// fill up and block the child, and write its input, while the caller watches for its end or
+/// an interrupt.
+struct Pipes {
+    stdout: JoinHandle<Vec<u8>>,
+    stderr: JoinHandle<Vec<u8>>,
+    stdin: Option<JoinHandle<()>>,
+}
+
+impl Pipes {
+    fn start(child: &mut Child, input: Option<Vec<u8>>) -> Self {
         let reader = |pipe: Option<Box<dyn Read + Send>>| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
@@ -198,19 +247,19 @@ impl Cmd {
                 buf
             })
         };
-        let out_thread = reader(
+        let stdout = reader(
             child
                 .stdout
                 .take()
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
         );
-        let err_thread = reader(
+        let stderr = reader(
             child
                 .stderr
                 .take()
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
         );
-        let in_thread = match (self.stdin.take(), child.stdin.take()) {
+        let stdin = match (input, child.stdin.take()) {
             (Some(data), Some(mut pipe)) => Some(std::thread::spawn(move || {
                 use std::io::Write;
                 // A child that exits without reading all of it is not our error to report.
@@ -218,45 +267,30 @@ impl Cmd {
             })),
             _ => None,
         };
-        let started = Instant::now();
-        let status = loop {
-            if let Some(st) = child
-                .try_wait()
-                .with_context(|| format!("waiting for `{}`", self.display))?
-            {
-                break st;
-            }
-            let why: Option<anyhow::Error> = if crate::base::interrupt::requested() {
-                Some(
-                    anyhow::Error::new(crate::base::interrupt::Interrupted)
-                        .context(format!("stopped `{}`", self.short_display())),
-                )
-            } else {
-                self.timeout
-                    .filter(|limit| started.elapsed() > *limit)
-                    .map(|limit| TimedOut(self.short_display(), limit.as_secs()).into())
-            };
-            if let Some(e) = why {
-                stop(&mut child);
-                let _ = out_thread.join();
-                let _ = err_thread.join();
-                return Err(e);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        if let Some(t) = in_thread {
+        Self {
+            stdout,
+            stderr,
+            stdin,
+        }
+    }
+
+    /// After the child was stopped: let the readers see the pipes close.
+    fn abandon(self) {
+        let _ = self.stdout.join();
+        let _ = self.stderr.join();
+    }
+
+    /// After the child ended: what it printed.
+    fn finish(self) -> Output {
+        if let Some(t) = self.stdin {
             let _ = t.join();
         }
-        let stdout = out_thread.join().unwrap_or_default();
-        let stderr = err_thread.join().unwrap_or_default();
-        Ok((
-            status,
-            Output {
-                stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            },
-            self.short_display(),
-        ))
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr = self.stderr.join().unwrap_or_default();
+        Output {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
     }
 }
 

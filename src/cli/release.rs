@@ -156,97 +156,98 @@ pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Key {
             command: KeyCommand::New(a),
-        } => {
-            let k = key::new_key(&a.dir, &a.name, &a.expire)?;
-            if a.json {
-                print_json(&k)
-            } else {
-                say(format_args!("{}", key::advice(&k)))?;
-                Ok(())
-            }
-        }
+        } => key_new(a),
         Command::Sign(a) => sign(a),
         Command::Repo {
             command: RepoCommand::Serve(a),
         } => serve::serve(&a.repo.repo, &a.listen, &|url| {
             let _ = say(format_args!("serving {} at {url}", a.repo.repo.display()));
         }),
-        Command::Promote(a) => {
-            let m = promote::promote(&a.common.repo.repo, &a.from, &a.to, a.force, &a.common.sign)?;
-            if a.common.json {
-                print_json(&m)
-            } else {
-                if m.unchanged {
-                    say(format_args!(
-                        "{} already has {}'s commit ({})",
-                        a.to, a.from, m.new
-                    ))?;
-                } else {
-                    say(format_args!(
-                        "promoted {} to {}: {} (version {})",
-                        a.from,
-                        a.to,
-                        m.new,
-                        m.version.as_deref().unwrap_or("-")
-                    ))?;
-                }
-                Ok(())
-            }
-        }
-        Command::Prune(a) => {
-            let r = prune::prune(&a.common.repo.repo, a.keep_last, a.dry_run, &a.common.sign)?;
-            if a.common.json {
-                return print_json(&r);
-            }
-            let verb = if r.dry_run { "would remove" } else { "removed" };
-            for x in &r.removed {
-                say(format_args!(
-                    "{verb} {} {} ({})",
-                    x.ref_.as_deref().unwrap_or("(no ref)"),
-                    x.commit,
-                    x.version.as_deref().unwrap_or("-")
-                ))?;
-            }
-            for d in &r.deltas {
-                say(format_args!("{verb} static delta {d}"))?;
-            }
-            say(format_args!(
-                "{verb} {} commits, {} deltas, {} objects ({} bytes)",
-                r.removed.len(),
-                r.deltas.len(),
-                r.objects,
-                r.bytes
-            ))?;
-            Ok(())
-        }
-        Command::Retire(a) => {
-            let m = promote::retire(
-                &a.common.repo.repo,
-                &a.ref_,
-                &a.rebase_to,
-                &a.message,
-                &a.common.sign,
-            )?;
-            if a.common.json {
-                print_json(&m)
-            } else {
-                say(format_args!(
-                    "retired {}: {} carries the end of life, nodes move to {}",
-                    a.ref_, m.new, a.rebase_to
-                ))?;
-                Ok(())
-            }
-        }
-        Command::Log(a) => {
-            let h = history::history(&a.repo.repo, a.ref_.as_deref(), a.gpg_homedir.as_deref())?;
-            if a.json {
-                print_json(&h)
-            } else {
-                say(format_args!("{}", h.to_string().trim_end()))?;
-                Ok(())
-            }
-        }
+        Command::Promote(a) => promote(a),
+        Command::Prune(a) => prune(a),
+        Command::Retire(a) => retire(a),
+        Command::Log(a) => log(a),
     }
+}
+
+fn key_new(a: KeyNewArgs) -> Result<()> {
+    let k = key::new_key(&a.dir, &a.name, &a.expire)?;
+    if a.json {
+        return print_json(&k);
+    }
+    say(format_args!("{}", key::advice(&k)))
+}
+
+fn promote(a: PromoteArgs) -> Result<()> {
+    let m = promote::promote(&a.common.repo.repo, &a.from, &a.to, a.force, &a.common.sign)?;
+    if a.common.json {
+        return print_json(&m);
+    }
+    if m.unchanged {
+        say(format_args!(
+            "{} already has {}'s commit ({})",
+            a.to, a.from, m.new
+        ))
+    } else {
+        say(format_args!(
+            "promoted {} to {}: {} (version {})",
+            a.from,
+            a.to,
+            m.new,
+            m.version.as_deref().unwrap_or("-")
+        ))
+    }
+}
+
+fn prune(a: PruneArgs) -> Result<()> {
+    let r = prune::prune(&a.common.repo.repo, a.keep_last, a.dry_run, &a.common.sign)?;
+    if a.common.json {
+        return print_json(&r);
+    }
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    for x in &r.removed {
+        say(format_args!(
+            "{verb} {} {} ({})",
+            x.ref_.as_deref().unwrap_or("(no ref)"),
+            x.commit,
+            x.version.as_deref().unwrap_or("-")
+        ))?;
+    }
+    for d in &r.deltas {
+        say(format_args!("{verb} static delta {d}"))?;
+    }
+    say(format_args!(
+        "{verb} {} commits, {} deltas, {} objects ({} bytes)",
+        r.removed.len(),
+        r.deltas.len(),
+        r.objects,
+        r.bytes
+    ))
+}
+
+fn retire(a: RetireArgs) -> Result<()> {
+    let m = promote::retire(
+        &a.common.repo.repo,
+        &a.ref_,
+        &a.rebase_to,
+        &a.message,
+        &a.common.sign,
+    )?;
+    if a.common.json {
+        return print_json(&m);
+    }
+    say(format_args!(
+        "retired {}: {} carries the end of life, nodes move to {}",
+        a.ref_, m.new, a.rebase_to
+    ))
+}
+
+fn log(a: LogArgs) -> Result<()> {
+    let h = history::history(&a.repo.repo, a.ref_.as_deref(), a.gpg_homedir.as_deref())?;
+    if a.json {
+        return print_json(&h);
+    }
+    say(format_args!("{}", h.to_string().trim_end()))
 }
 
 fn sign(a: SignArgs) -> Result<()> {

@@ -14,16 +14,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::base::span::{check_name, parse_toml};
-use crate::base::units::{parse_duration, parse_size};
+use crate::base::units::parse_duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFleet {
     name: Option<Spanned<String>>,
-    provider: Option<Spanned<RawProvider>>,
+    provider: Option<Spanned<provider::RawProvider>>,
     service: Option<Spanned<RawService>>,
     load_balancer: Option<Spanned<RawLoadBalancer>>,
-    policy: Option<Spanned<RawPolicy>>,
+    policy: Option<Spanned<policy::RawPolicy>>,
     repo: Option<Spanned<RawRepo>>,
 }
 
@@ -31,28 +31,6 @@ struct RawFleet {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawRepo {
     listen: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawProvider {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    image: Option<String>,
-    nodes: Option<u32>,
-    memory: Option<String>,
-    hosts: Option<Vec<Spanned<RawHost>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawHost {
-    name: String,
-    address: String,
-    ssh_port: Option<u16>,
-    user: Option<String>,
-    identity: Option<String>,
-    service_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,19 +49,6 @@ struct RawLoadBalancer {
     #[serde(rename = "type")]
     kind: Option<String>,
     listen: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawPolicy {
-    strategy: Option<String>,
-    max_unavailable: Option<toml::Value>,
-    max_surge: Option<toml::Value>,
-    min_healthy: Option<toml::Value>,
-    bake_time: Option<String>,
-    drain_timeout: Option<String>,
-    node_timeout: Option<String>,
-    on_failure: Option<String>,
 }
 
 /// Who provides the nodes.
@@ -208,31 +173,15 @@ pub struct Fleet {
 impl Fleet {
     /// How many nodes the fleet has.
     pub fn size(&self) -> u32 {
-        match &self.provider {
-            Provider::Qemu { nodes, .. } => *nodes,
-            Provider::Ssh { hosts } => hosts.len() as u32,
-        }
+        node_count(&self.provider)
     }
 }
 
-/// A count of nodes, or a percentage of the fleet.
-fn count(v: &toml::Value, n: u32, round_up: bool) -> Option<u32> {
-    match v {
-        toml::Value::Integer(i) if *i >= 0 => u32::try_from(*i).ok(),
-        toml::Value::String(s) => {
-            let p: u64 = s.trim().strip_suffix('%')?.trim().parse().ok()?;
-            if p > 100 {
-                return None;
-            }
-            let num = u64::from(n) * p;
-            let c = if round_up {
-                num.div_ceil(100)
-            } else {
-                num / 100
-            };
-            u32::try_from(c).ok()
-        }
-        _ => None,
+/// How many nodes a provider has.
+fn node_count(provider: &Provider) -> u32 {
+    match provider {
+        Provider::Qemu { nodes, .. } => *nodes,
+        Provider::Ssh { hosts } => hosts.len() as u32,
     }
 }
 
@@ -246,150 +195,12 @@ pub fn load(path: &Path) -> Result<Fleet> {
     let name = doc.required(&raw.name, "name")?;
     check_name(name, "name", 64, &at)?;
     let n = name.get_ref();
-
-    let provider = raw
-        .provider
-        .ok_or_else(|| anyhow!("{file}: table `[provider]` is missing"))?;
-    let p_at = at(provider.span().start);
-    let p = provider.into_inner();
-    let provider = match p.kind.as_deref() {
-        Some("qemu") => {
-            let image = p.image.ok_or_else(|| {
-                anyhow!("{p_at}: key `provider.image`: the qemu provider needs an image manifest")
-            })?;
-            let image = dir.join(image);
-            if !image.is_file() {
-                bail!(
-                    "{p_at}: key `provider.image`: {} does not exist",
-                    image.display()
-                );
-            }
-            let nodes = p.nodes.unwrap_or(3);
-            if nodes == 0 || nodes > 32 {
-                bail!("{p_at}: key `provider.nodes`: {nodes} is not 1 to 32");
-            }
-            let memory = p.memory.as_deref().unwrap_or("1024M");
-            let memory_mib = parse_size(memory)
-                .map(|b| b >> 20)
-                .filter(|m| *m >= 256)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{p_at}: key `provider.memory`: {memory:?} is not a size of 256M or more"
-                    )
-                })?;
-            if p.hosts.is_some() {
-                bail!("{p_at}: key `provider.hosts`: only the ssh provider lists hosts");
-            }
-            Provider::Qemu {
-                image,
-                nodes,
-                memory_mib,
-            }
-        }
-        Some("ssh") => {
-            let hosts = p.hosts.unwrap_or_default();
-            if hosts.is_empty() {
-                bail!("{p_at}: key `provider.hosts`: the ssh provider needs at least one host");
-            }
-            let mut out: Vec<Host> = Vec::new();
-            for h in hosts {
-                let h_at = at(h.span().start);
-                let h = h.into_inner();
-                if out.iter().any(|o| o.name == h.name) || h.name.is_empty() {
-                    bail!(
-                        "{h_at}: key `provider.hosts.name`: {:?} is empty or not unique",
-                        h.name
-                    );
-                }
-                out.push(Host {
-                    service_address: h
-                        .service_address
-                        .unwrap_or_else(|| format!("{}:80", h.address)),
-                    ssh_port: h.ssh_port.unwrap_or(22),
-                    user: h.user.unwrap_or_else(|| "root".into()),
-                    identity: h.identity.map(|i| dir.join(i)),
-                    address: h.address,
-                    name: h.name,
-                });
-            }
-            Provider::Ssh { hosts: out }
-        }
-        Some(other) => bail!("{p_at}: key `provider.type`: {other:?} is not `qemu` or `ssh`"),
-        None => bail!("{p_at}: key `provider.type` is missing (`qemu` or `ssh`)"),
-    };
-
-    let service = match raw.service {
-        None => Service {
-            port: 80,
-            health_path: "/".into(),
-            health_interval: Duration::from_secs(1),
-            health_timeout: Duration::from_secs(2),
-            healthy_threshold: 3,
-        },
-        Some(s) => {
-            let s_at = at(s.span().start);
-            let s = s.into_inner();
-            let dur = |v: &Option<String>, key: &str, default: u64| -> Result<Duration> {
-                match v {
-                    None => Ok(Duration::from_secs(default)),
-                    Some(d) => parse_duration(d).ok_or_else(|| {
-                        anyhow!("{s_at}: key `service.{key}`: {d:?} is not a duration like \"2s\"")
-                    }),
-                }
-            };
-            let path = s.health_path.unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') || path.chars().any(char::is_control) {
-                bail!("{s_at}: key `service.health-path`: {path:?} must start with `/`");
-            }
-            let threshold = s.healthy_threshold.unwrap_or(3);
-            if threshold == 0 {
-                bail!("{s_at}: key `service.healthy-threshold` must be at least 1");
-            }
-            Service {
-                port: s.port.unwrap_or(80),
-                health_path: path,
-                health_interval: dur(&s.health_interval, "health-interval", 1)?,
-                health_timeout: dur(&s.health_timeout, "health-timeout", 2)?,
-                healthy_threshold: threshold,
-            }
-        }
-    };
-
-    let listen = match raw.load_balancer {
-        None => "127.0.0.1:8080".to_string(),
-        Some(lb) => {
-            let l_at = at(lb.span().start);
-            let lb = lb.into_inner();
-            match lb.kind.as_deref() {
-                None | Some("haproxy") => {}
-                Some(other) => {
-                    bail!("{l_at}: key `load-balancer.type`: {other:?} is not `haproxy`")
-                }
-            }
-            let listen = lb.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                bail!("{l_at}: key `load-balancer.listen`: {listen:?} is not an address:port");
-            }
-            listen
-        }
-    };
-
-    let size = match &provider {
-        Provider::Qemu { nodes, .. } => *nodes,
-        Provider::Ssh { hosts } => hosts.len() as u32,
-    };
-    let policy = policy(raw.policy, size, &provider, &at, file)?;
-    let repo_listen = match raw.repo {
-        None => None,
-        Some(r) => {
-            let r_at = at(r.span().start);
-            match r.into_inner().listen {
-                Some(l) if l.parse::<std::net::SocketAddr>().is_ok() => Some(l),
-                Some(l) => bail!("{r_at}: key `repo.listen`: {l:?} is not an address:port"),
-                None => bail!("{r_at}: key `repo.listen` is missing"),
-            }
-        }
-    };
+    let provider = provider::provider(raw.provider, dir, &at, file)?;
+    let service = service(raw.service, &at)?;
+    let listen = listen(raw.load_balancer, &at)?;
+    let size = node_count(&provider);
+    let policy = policy::policy(raw.policy, size, &provider, &at, file)?;
+    let repo_listen = repo_listen(raw.repo, &at)?;
     Ok(Fleet {
         path: path.to_path_buf(),
         name: n.clone(),
@@ -401,101 +212,89 @@ pub fn load(path: &Path) -> Result<Fleet> {
     })
 }
 
-fn policy(
-    raw: Option<Spanned<RawPolicy>>,
-    size: u32,
-    provider: &Provider,
-    at: &dyn Fn(usize) -> String,
-    file: &str,
-) -> Result<Policy> {
-    let (p_at, p) = match raw {
-        Some(p) => (at(p.span().start), p.into_inner()),
-        None => (
-            file.to_string(),
-            RawPolicy {
-                strategy: None,
-                max_unavailable: None,
-                max_surge: None,
-                min_healthy: None,
-                bake_time: None,
-                drain_timeout: None,
-                node_timeout: None,
-                on_failure: None,
-            },
-        ),
-    };
-    let strategy = match p.strategy.as_deref() {
-        None => Strategy::InPlace,
-        Some(s) => Strategy::parse(s).ok_or_else(|| {
-            anyhow!("{p_at}: key `policy.strategy`: {s:?} is not `in-place` or `replace`")
-        })?,
-    };
-    let resolve = |v: &Option<toml::Value>, key: &str, default: u32, up: bool| -> Result<u32> {
-        match v {
-            None => Ok(default),
-            Some(v) => count(v, size, up).ok_or_else(|| {
-                anyhow!(
-                    "{p_at}: key `policy.{key}`: {v} is not a count or a percentage like \"25%\""
-                )
-            }),
-        }
-    };
-    let max_unavailable = resolve(&p.max_unavailable, "max-unavailable", 1, false)?.max(
-        // A percentage that rounds to zero still lets one node go at a time.
-        u32::from(p.max_unavailable.is_some()),
-    );
-    let max_surge = resolve(&p.max_surge, "max-surge", 0, true)?;
-    let min_healthy = resolve(&p.min_healthy, "min-healthy", 0, true)?;
-    if max_unavailable >= size {
-        bail!(
-            "{p_at}: key `policy.max-unavailable`: {max_unavailable} would take all {size} nodes \
-             out of service at once"
-        );
+/// A duration key of table `at`; `default` seconds when absent.
+fn duration(v: &Option<String>, at: &str, key: &str, default: u64, like: &str) -> Result<Duration> {
+    match v {
+        None => Ok(Duration::from_secs(default)),
+        Some(d) => parse_duration(d)
+            .ok_or_else(|| anyhow!("{at}: key `{key}`: {d:?} is not a duration like \"{like}\"")),
     }
-    if p.min_healthy.is_some() && size - max_unavailable < min_healthy {
-        bail!(
-            "{p_at}: key `policy.max-unavailable`: {max_unavailable} of {size} nodes out leaves \
-             fewer than `min-healthy` ({min_healthy}) serving"
-        );
-    }
-    if max_surge > 0 && !provider.can_create() {
-        bail!(
-            "{p_at}: key `policy.max-surge`: the {} provider cannot create nodes",
-            provider.kind()
-        );
-    }
-    if strategy == Strategy::Replace && !provider.can_create() {
-        bail!(
-            "{p_at}: key `policy.strategy`: `replace` needs a provider that creates nodes, not {}",
-            provider.kind()
-        );
-    }
-    let dur = |v: &Option<String>, key: &str, default: u64| -> Result<Duration> {
-        match v {
-            None => Ok(Duration::from_secs(default)),
-            Some(d) => parse_duration(d).ok_or_else(|| {
-                anyhow!("{p_at}: key `policy.{key}`: {d:?} is not a duration like \"30s\"")
-            }),
-        }
+}
+
+/// `[service]`: the port and the health check; defaults without the table.
+fn service(raw: Option<Spanned<RawService>>, at: &dyn Fn(usize) -> String) -> Result<Service> {
+    let Some(s) = raw else {
+        return Ok(Service {
+            port: 80,
+            health_path: "/".into(),
+            health_interval: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(2),
+            healthy_threshold: 3,
+        });
     };
-    let on_failure = match p.on_failure.as_deref() {
-        None | Some("halt") => OnFailure::Halt,
-        Some("rollback") => OnFailure::Rollback,
-        Some(other) => {
-            bail!("{p_at}: key `policy.on-failure`: {other:?} is not `halt` or `rollback`")
-        }
-    };
-    Ok(Policy {
-        strategy,
-        max_unavailable,
-        max_surge,
-        min_healthy,
-        bake_time: dur(&p.bake_time, "bake-time", 10)?,
-        drain_timeout: dur(&p.drain_timeout, "drain-timeout", 60)?,
-        node_timeout: dur(&p.node_timeout, "node-timeout", 1200)?,
-        on_failure,
+    let s_at = at(s.span().start);
+    let s = s.into_inner();
+    let path = s.health_path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.chars().any(char::is_control) {
+        bail!("{s_at}: key `service.health-path`: {path:?} must start with `/`");
+    }
+    let threshold = s.healthy_threshold.unwrap_or(3);
+    if threshold == 0 {
+        bail!("{s_at}: key `service.healthy-threshold` must be at least 1");
+    }
+    Ok(Service {
+        port: s.port.unwrap_or(80),
+        health_path: path,
+        health_interval: duration(
+            &s.health_interval,
+            &s_at,
+            "service.health-interval",
+            1,
+            "2s",
+        )?,
+        health_timeout: duration(&s.health_timeout, &s_at, "service.health-timeout", 2, "2s")?,
+        healthy_threshold: threshold,
     })
 }
+
+/// `[load-balancer]`: HAProxy, and where it listens for clients.
+fn listen(raw: Option<Spanned<RawLoadBalancer>>, at: &dyn Fn(usize) -> String) -> Result<String> {
+    let Some(lb) = raw else {
+        return Ok("127.0.0.1:8080".to_string());
+    };
+    let l_at = at(lb.span().start);
+    let lb = lb.into_inner();
+    match lb.kind.as_deref() {
+        None | Some("haproxy") => {}
+        Some(other) => {
+            bail!("{l_at}: key `load-balancer.type`: {other:?} is not `haproxy`")
+        }
+    }
+    let listen = lb.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        bail!("{l_at}: key `load-balancer.listen`: {listen:?} is not an address:port");
+    }
+    Ok(listen)
+}
+
+/// `[repo]`: where a rollout serves the repo, if the table is there.
+fn repo_listen(
+    raw: Option<Spanned<RawRepo>>,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Option<String>> {
+    let Some(r) = raw else {
+        return Ok(None);
+    };
+    let r_at = at(r.span().start);
+    match r.into_inner().listen {
+        Some(l) if l.parse::<std::net::SocketAddr>().is_ok() => Ok(Some(l)),
+        Some(l) => bail!("{r_at}: key `repo.listen`: {l:?} is not an address:port"),
+        None => bail!("{r_at}: key `repo.listen` is missing"),
+    }
+}
+
+mod policy;
+mod provider;
 
 #[cfg(test)]
 mod tests {

@@ -31,20 +31,11 @@ struct RawManifest {
     formats: Option<Spanned<Vec<String>>>,
     provisioning: Option<Spanned<String>>,
     qcow2_compression: Option<Spanned<String>>,
-    partitions: Option<Vec<Spanned<RawPartition>>>,
+    partitions: Option<Vec<Spanned<layout::RawPartition>>>,
     remote_url: Option<Spanned<String>>,
     remote_gpg_key_file: Option<Spanned<String>>,
     trial_boots: Option<Spanned<i64>>,
     health_deadline: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawPartition {
-    label: String,
-    #[serde(rename = "type")]
-    kind: String,
-    size: Option<String>,
 }
 
 /// Output formats.
@@ -164,7 +155,69 @@ pub fn load(path: &Path) -> Result<Manifest> {
     let name = doc.required(&raw.name, "name")?;
     check_name(name, "name", 64, &at)?;
     let name = name.get_ref().clone();
-    let source = match (&raw.treefile, &raw.ref_) {
+    let source = source(&raw, dir, &at, file)?;
+    let osname = match &raw.osname {
+        Some(o) => {
+            check_name(o, "osname", 64, &at)?;
+            o.get_ref().clone()
+        }
+        None => "cairn".into(),
+    };
+    let size = disk_size(&raw.size, &at, file)?;
+    let firmware = match &raw.firmware {
+        None => vec![Firmware::Bios, Firmware::Uefi],
+        Some(f) => Firmware::parse_list(f.get_ref(), &at(f.span().start))?,
+    };
+    let formats = formats(&raw.formats, &at)?;
+    let provisioning = one_of(
+        &raw.provisioning,
+        "provisioning",
+        &[
+            ("nocloud", Provisioning::NoCloud),
+            ("none", Provisioning::None),
+        ],
+        &at,
+    )?;
+    let qcow2_compression = one_of(
+        &raw.qcow2_compression,
+        "qcow2-compression",
+        &[
+            ("zstd", Qcow2Compression::Zstd),
+            ("zlib", Qcow2Compression::Zlib),
+            ("none", Qcow2Compression::None),
+        ],
+        &at,
+    )?;
+    let partitions = layout::layout(raw.partitions, size, &firmware, &at, file)?;
+    check_remote_url(&raw.remote_url, &at)?;
+    let remote_gpg_key_file = remote_gpg_key_file(&raw.remote_gpg_key_file, dir, &at)?;
+    let node = node_config(&raw.trial_boots, &raw.health_deadline, &at)?;
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        name,
+        source,
+        osname,
+        kernel_arguments: raw.kernel_arguments.unwrap_or_default(),
+        size,
+        firmware,
+        formats,
+        provisioning,
+        qcow2_compression,
+        partitions,
+        remote_url: raw.remote_url.map(|u| u.into_inner()),
+        remote_gpg_key_file,
+        node,
+    })
+}
+
+/// `treefile` or `ref`: exactly one, the treefile existing, the ref valid.
+fn source(
+    raw: &RawManifest,
+    dir: &Path,
+    at: &dyn Fn(usize) -> String,
+    file: &str,
+) -> Result<Source> {
+    Ok(match (&raw.treefile, &raw.ref_) {
         (Some(t), None) => {
             let p = dir.join(t.get_ref());
             if !p.is_file() {
@@ -191,15 +244,16 @@ pub fn load(path: &Path) -> Result<Manifest> {
             at(t.span().start)
         ),
         (None, None) => bail!("{file}: key `treefile` (or `ref`) is missing"),
-    };
-    let osname = match &raw.osname {
-        Some(o) => {
-            check_name(o, "osname", 64, &at)?;
-            o.get_ref().clone()
-        }
-        None => "cairn".into(),
-    };
-    let size = match &raw.size {
+    })
+}
+
+/// `size`: at least 64 MiB, a whole number of MiB; 4 GiB when absent.
+fn disk_size(
+    value: &Option<Spanned<String>>,
+    at: &dyn Fn(usize) -> String,
+    file: &str,
+) -> Result<u64> {
+    let size = match value {
         Some(s) => parse_size(s.get_ref())
             .filter(|b| *b >= 64 * MIB)
             .ok_or_else(|| {
@@ -214,11 +268,15 @@ pub fn load(path: &Path) -> Result<Manifest> {
     if size % MIB != 0 {
         bail!("{file}: key `size` must be a whole number of MiB (Azure's VHD needs it)");
     }
-    let firmware = match &raw.firmware {
-        None => vec![Firmware::Bios, Firmware::Uefi],
-        Some(f) => Firmware::parse_list(f.get_ref(), &at(f.span().start))?,
-    };
-    let formats = match &raw.formats {
+    Ok(size)
+}
+
+/// `formats`: known output formats; qcow2 when absent.
+fn formats(
+    value: &Option<Spanned<Vec<String>>>,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Vec<Format>> {
+    Ok(match value {
         None => vec![Format::Qcow2],
         Some(f) => f
             .get_ref()
@@ -232,28 +290,12 @@ pub fn load(path: &Path) -> Result<Manifest> {
                 })
             })
             .collect::<Result<_>>()?,
-    };
-    let provisioning = one_of(
-        &raw.provisioning,
-        "provisioning",
-        &[
-            ("nocloud", Provisioning::NoCloud),
-            ("none", Provisioning::None),
-        ],
-        &at,
-    )?;
-    let qcow2_compression = one_of(
-        &raw.qcow2_compression,
-        "qcow2-compression",
-        &[
-            ("zstd", Qcow2Compression::Zstd),
-            ("zlib", Qcow2Compression::Zlib),
-            ("none", Qcow2Compression::None),
-        ],
-        &at,
-    )?;
-    let partitions = layout(raw.partitions, size, &firmware, &at, file)?;
-    if let Some(u) = &raw.remote_url {
+    })
+}
+
+/// `remote-url`: an http://, https:// or file:/// URL without whitespace.
+fn check_remote_url(value: &Option<Spanned<String>>, at: &dyn Fn(usize) -> String) -> Result<()> {
+    if let Some(u) = value {
         let ok = ["http://", "https://", "file:///"]
             .iter()
             .any(|s| u.get_ref().starts_with(s) && u.get_ref().len() > s.len());
@@ -265,54 +307,46 @@ pub fn load(path: &Path) -> Result<Manifest> {
             );
         }
     }
-    let remote_gpg_key_file = match &raw.remote_gpg_key_file {
-        Some(k) => {
-            let p = dir.join(k.get_ref());
-            if !p.is_file() {
-                bail!(
-                    "{}: key `remote-gpg-key-file`: {} does not exist (`cairn key new` writes \
-                     the public key as <KEYID>.asc in the key's directory)",
-                    at(k.span().start),
-                    p.display()
-                );
-            }
-            Some(p)
-        }
-        None => None,
+    Ok(())
+}
+
+/// `remote-gpg-key-file`: an existing file, resolved against the manifest's directory.
+fn remote_gpg_key_file(
+    value: &Option<Spanned<String>>,
+    dir: &Path,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Option<PathBuf>> {
+    let Some(k) = value else {
+        return Ok(None);
     };
+    let p = dir.join(k.get_ref());
+    if !p.is_file() {
+        bail!(
+            "{}: key `remote-gpg-key-file`: {} does not exist (`cairn key new` writes \
+             the public key as <KEYID>.asc in the key's directory)",
+            at(k.span().start),
+            p.display()
+        );
+    }
+    Ok(Some(p))
+}
+
+/// The node's settings: `trial-boots` and `health-deadline` over the defaults.
+fn node_config(
+    trial_boots: &Option<Spanned<i64>>,
+    health_deadline: &Option<Spanned<String>>,
+    at: &dyn Fn(usize) -> String,
+) -> Result<crate::node::config::Config> {
     let mut node = crate::node::config::Config::default();
-    if let Some(t) = &raw.trial_boots {
+    if let Some(t) = trial_boots {
         node.trial_boots = crate::node::config::check_tries(*t.get_ref())
             .map_err(|e| anyhow!("{}: key `trial-boots`: {e}", at(t.span().start)))?;
     }
-    if let Some(d) = &raw.health_deadline {
+    if let Some(d) = health_deadline {
         node.health_deadline = crate::node::config::check_deadline(d.get_ref())
             .map_err(|e| anyhow!("{}: key `health-deadline`: {e}", at(d.span().start)))?;
     }
-    Ok(Manifest {
-        path: path.to_path_buf(),
-        name,
-        source,
-        osname,
-        kernel_arguments: raw.kernel_arguments.unwrap_or_default(),
-        size,
-        firmware,
-        formats,
-        provisioning,
-        qcow2_compression,
-        partitions,
-        remote_url: raw.remote_url.map(|u| u.into_inner()),
-        remote_gpg_key_file,
-        node,
-    })
-}
-
-/// A GPT partition name cairn writes: 1 to 36 printable ASCII characters of a plain set.
-fn valid_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 36
-        && l.chars()
-            .all(|c| c.is_ascii_alphanumeric() || " -_.".contains(c))
+    Ok(node)
 }
 
 /// The value of a key that takes one of `choices`; the first when the key is absent.
@@ -343,123 +377,6 @@ fn one_of<T: Copy>(
     )
 }
 
-/// The default layout: BIOS boot, ESP, root (with /boot on it).
-fn default_partitions() -> Vec<(String, PartKind, Option<u64>, usize)> {
-    vec![
-        ("BIOS-BOOT".into(), PartKind::BiosBoot, Some(MIB), 0),
-        ("EFI-SYSTEM".into(), PartKind::Esp, Some(127 * MIB), 0),
-        ("root".into(), PartKind::Root, None, 0),
-    ]
-}
-
-fn layout(
-    raw: Option<Vec<Spanned<RawPartition>>>,
-    disk: u64,
-    firmware: &[Firmware],
-    at: &dyn Fn(usize) -> String,
-    file: &str,
-) -> Result<Vec<Partition>> {
-    let parts: Vec<(String, PartKind, Option<u64>, usize)> = match raw {
-        None => default_partitions(),
-        Some(list) => list
-            .into_iter()
-            .map(|p| {
-                let off = p.span().start;
-                let p = p.into_inner();
-                let kind = match p.kind.as_str() {
-                    "bios-boot" => PartKind::BiosBoot,
-                    "esp" => PartKind::Esp,
-                    "boot" => PartKind::Boot,
-                    "root" => PartKind::Root,
-                    other => bail!(
-                        "{}: key `partitions.type`: {other:?} is not bios-boot, esp, boot or root",
-                        at(off)
-                    ),
-                };
-                let size = match &p.size {
-                    None => None,
-                    Some(s) => Some(
-                        parse_size(s)
-                            .filter(|b| *b > 0 && b % MIB == 0)
-                            .ok_or_else(|| {
-                                anyhow!(
-                                    "{}: key `partitions.size`: {s:?} is not a whole number of MiB",
-                                    at(off)
-                                )
-                            })?,
-                    ),
-                };
-                if !valid_label(&p.label) {
-                    bail!(
-                        "{}: key `partitions.label`: {:?} must be 1 to 36 letters, digits, \
-                         spaces, `-`, `_` and `.` (a GPT partition name)",
-                        at(off),
-                        p.label
-                    );
-                }
-                Ok((p.label, kind, size, off))
-            })
-            .collect::<Result<_>>()?,
-    };
-    for kind in [
-        PartKind::BiosBoot,
-        PartKind::Esp,
-        PartKind::Boot,
-        PartKind::Root,
-    ] {
-        if parts.iter().filter(|p| p.1 == kind).count() > 1 {
-            bail!("{file}: key `partitions`: more than one {kind:?} partition");
-        }
-    }
-    let need = |k: PartKind, why: &str| -> Result<()> {
-        if parts.iter().any(|p| p.1 == k) {
-            Ok(())
-        } else {
-            bail!("{file}: key `partitions`: {why}")
-        }
-    };
-    need(PartKind::Root, "a `root` partition is required")?;
-    if firmware.contains(&Firmware::Bios) {
-        need(
-            PartKind::BiosBoot,
-            "firmware `bios` on GPT needs a `bios-boot` partition",
-        )?;
-    }
-    if firmware.contains(&Firmware::Uefi) {
-        need(PartKind::Esp, "firmware `uefi` needs an `esp` partition")?;
-    }
-    // GPT: 1 MiB before the first partition, 1 MiB at the end for the backup table.
-    let fixed: u64 = parts.iter().filter_map(|p| p.2).sum();
-    let growing = parts.iter().filter(|p| p.2.is_none()).count();
-    if growing > 1 {
-        bail!(
-            "{file}: key `partitions`: only one partition may leave out `size` (it takes the rest)"
-        );
-    }
-    let available = disk.saturating_sub(2 * MIB);
-    if fixed > available || (growing == 1 && fixed + 64 * MIB > available) {
-        bail!(
-            "{file}: key `partitions`: the partitions need {} MiB{} but the disk (`size`) has {} MiB",
-            fixed / MIB,
-            if growing == 1 { " plus 64 MiB for the growing one" } else { "" },
-            available / MIB
-        );
-    }
-    let mut start = MIB;
-    let mut out = Vec::new();
-    for (label, kind, size, _) in parts {
-        let size = size.unwrap_or(available - fixed);
-        out.push(Partition {
-            label,
-            kind,
-            start,
-            size,
-        });
-        start += size;
-    }
-    Ok(out)
-}
-
 /// Check that /boot holds two deployments' kernel and initramfs (an upgrade writes the new one
 /// before the old one goes), with room for the bootloader.
 pub fn check_boot_size(m: &Manifest, kernel_and_initramfs: u64) -> Result<()> {
@@ -482,5 +399,6 @@ pub fn check_boot_size(m: &Manifest, kernel_and_initramfs: u64) -> Result<()> {
     Ok(())
 }
 
+mod layout;
 #[cfg(test)]
 mod tests;

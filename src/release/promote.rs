@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::audit::Entry;
 use super::publish;
-use super::sign::SignOpts;
+use super::sign::{SignOpts, Signer};
 use crate::base::text::short_hash;
 use crate::store::{self, Commit, CommitMeta};
 
@@ -143,19 +143,7 @@ pub fn promote(
     ostree::validate_rev(to).map_err(|e| anyhow!("{to:?} is not a valid ref name: {e}"))?;
     let signer = sign.signer(&r)?;
     let source = store::load_commit(&r, &src_commit)?;
-    if let Some(s) = &signer {
-        if !s.signed(&r, &src_commit)? {
-            bail!(
-                "{from}'s commit {} is not signed by the release key {}: sign it first (cairn sign \
-                 {from})",
-                short_hash(&src_commit),
-                s.key.fingerprint
-            );
-        }
-    }
-    if let Some(m) = endoflife(&source) {
-        bail!("{from} is retired (end of life: {m:?}): nothing to promote");
-    }
+    check_source(&r, from, &source, signer.as_ref())?;
     let old = refs(&r)?.remove(to);
     let target = old
         .as_deref()
@@ -176,53 +164,105 @@ pub fn promote(
             check_compatible(&r, from, &source, to, t)?;
         }
     }
-    let meta = CommitMeta {
-        promoted_from: Some(src_commit.clone()),
-        promoted_from_ref: Some(from.to_string()),
-        ..source.meta.clone()
+    let p = Promotion {
+        from,
+        to,
+        source: &source,
+        old: old.as_deref(),
+        signer: signer.as_ref(),
     };
-    let version = source.meta.version.clone();
-    let subject = format!(
-        "{to} {} (promoted from {from})",
-        version.as_deref().unwrap_or("")
-    );
-    let new = store::recommit(
-        &r,
-        &store::Recommit {
-            tree_of: &src_commit,
-            header: store::Header {
-                ref_: to,
-                parent: old.as_deref(),
-                subject: &subject,
-                meta: &meta,
-                timestamp: source.timestamp,
-                signer: signer.as_ref().map(|s| s as &dyn store::SignCommit),
-            },
-        },
-    )
-    .with_context(|| format!("promoting {from} to {to}"))?;
-    publish::delta(&r, old.as_deref(), &new)?;
-    publish::summary(&r, signer.as_ref())?;
-    let inputhash = source.meta.inputhash.clone();
-    let mut e = Entry::new("promote", Some(to))
-        .with("from", from)
-        .with("source_commit", &src_commit);
-    if let Some(s) = &signer {
-        e = e.with("signed_by", &s.key.fingerprint);
-    }
-    e.old = old.clone();
-    e.new = Some(new.clone());
-    e.version = version.clone();
-    e.inputhash = inputhash;
-    super::audit::append(repo_path, &[e])?;
+    let new = p.write(&r)?;
+    p.audit(repo_path, &new)?;
     Ok(Moved {
         ref_: to.to_string(),
         old,
         new,
-        version,
+        version: source.meta.version.clone(),
         signed_by: signer.map(|s| s.key.fingerprint),
         unchanged: false,
     })
+}
+
+/// Refuse a FROM whose commit the release key has not signed, or that is retired.
+fn check_source(
+    r: &ostree::Repo,
+    from: &str,
+    source: &Commit,
+    signer: Option<&Signer>,
+) -> Result<()> {
+    if let Some(s) = signer {
+        if !s.signed(r, &source.checksum)? {
+            bail!(
+                "{from}'s commit {} is not signed by the release key {}: sign it first (cairn sign \
+                 {from})",
+                short_hash(&source.checksum),
+                s.key.fingerprint
+            );
+        }
+    }
+    if let Some(m) = endoflife(source) {
+        bail!("{from} is retired (end of life: {m:?}): nothing to promote");
+    }
+    Ok(())
+}
+
+/// A promotion that writes: FROM's commit (`source`) onto TO, whose commit was `old`.
+struct Promotion<'a> {
+    from: &'a str,
+    to: &'a str,
+    source: &'a Commit,
+    old: Option<&'a str>,
+    signer: Option<&'a Signer>,
+}
+
+impl Promotion<'_> {
+    /// Write TO's new commit (FROM's tree and metadata, where it came from), its delta from
+    /// TO's previous commit and the summary; the new commit.
+    fn write(&self, r: &ostree::Repo) -> Result<String> {
+        let (from, to, source) = (self.from, self.to, self.source);
+        let meta = CommitMeta {
+            promoted_from: Some(source.checksum.clone()),
+            promoted_from_ref: Some(from.to_string()),
+            ..source.meta.clone()
+        };
+        let subject = format!(
+            "{to} {} (promoted from {from})",
+            source.meta.version.as_deref().unwrap_or("")
+        );
+        let new = store::recommit(
+            r,
+            &store::Recommit {
+                tree_of: &source.checksum,
+                header: store::Header {
+                    ref_: to,
+                    parent: self.old,
+                    subject: &subject,
+                    meta: &meta,
+                    timestamp: source.timestamp,
+                    signer: self.signer.map(|s| s as &dyn store::SignCommit),
+                },
+            },
+        )
+        .with_context(|| format!("promoting {from} to {to}"))?;
+        publish::delta(r, self.old, &new)?;
+        publish::summary(r, self.signer)?;
+        Ok(new)
+    }
+
+    /// Note the promotion to `new` in the audit log.
+    fn audit(&self, repo_path: &std::path::Path, new: &str) -> Result<()> {
+        let mut e = Entry::new("promote", Some(self.to))
+            .with("from", self.from)
+            .with("source_commit", &self.source.checksum);
+        if let Some(s) = self.signer {
+            e = e.with("signed_by", &s.key.fingerprint);
+        }
+        e.old = self.old.map(str::to_string);
+        e.new = Some(new.to_string());
+        e.version = self.source.meta.version.clone();
+        e.inputhash = self.source.meta.inputhash.clone();
+        super::audit::append(repo_path, &[e])
+    }
 }
 
 /// Write REF's final commit, pointing its nodes at `rebase_to` (see the module docs).

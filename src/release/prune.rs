@@ -120,6 +120,9 @@ fn unreachable(r: &ostree::Repo, kept: &HashSet<String>) -> Result<(u64, u64)> {
     Ok((n, bytes))
 }
 
+/// A static delta, from a commit (`None`: from nothing) to a commit.
+type Delta = (Option<String>, String);
+
 /// Prune the repo at `repo_path` (see the module docs).
 pub fn prune(
     repo_path: &std::path::Path,
@@ -137,24 +140,9 @@ pub fn prune(
     // The summary is signed again afterwards: the key must be usable before anything goes.
     let signer = if dry_run { None } else { sign.signer(&r)? };
     let (kept, older) = plan(&r, keep_last)?;
-    let all = r
-        .list_commit_objects_starting_with(None, gio::Cancellable::NONE)
-        .context("listing the repo's commits")?;
-    let mut removed: Vec<Removed> = Vec::new();
-    for c in all.iter().map(|c| c.to_string()) {
-        if kept.contains(&c) {
-            continue;
-        }
-        let version = store::load_commit(&r, &c).ok().and_then(|i| i.meta.version);
-        removed.push(Removed {
-            ref_: older.get(&c).cloned(),
-            commit: c,
-            version,
-        });
-    }
-    removed.sort_by(|a, b| (&a.ref_, &a.commit).cmp(&(&b.ref_, &b.commit)));
+    let removed = removed_commits(&r, &kept, &older)?;
     let gone: HashSet<&str> = removed.iter().map(|x| x.commit.as_str()).collect();
-    let deltas: Vec<(Option<String>, String)> = publish::deltas(&r)?
+    let deltas: Vec<Delta> = publish::deltas(&r)?
         .into_iter()
         .filter(|(f, t)| {
             gone.contains(t.as_str()) || f.as_deref().is_some_and(|f| gone.contains(f))
@@ -175,26 +163,8 @@ pub fn prune(
     if removed.is_empty() && deltas.is_empty() {
         return Ok(report);
     }
-    let depth = i32::try_from(keep_last - 1).unwrap_or(i32::MAX);
-    let (_, pruned, bytes) = r
-        .prune(
-            ostree::RepoPruneFlags::REFS_ONLY,
-            depth,
-            gio::Cancellable::NONE,
-        )
-        .context("pruning the repo")?;
-    report.objects = u64::try_from(pruned).unwrap_or(0);
-    report.bytes = bytes;
-    // libostree dropped the deltas into removed commits; those out of them are cairn's to drop.
-    for (from, to) in &deltas {
-        if let Some(f) = from.as_deref().filter(|f| gone.contains(f)) {
-            if publish::has_commit(&r, to)? {
-                let dir = delta_dir(repo_path, f, to)?;
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("removing the static delta {}", dir.display()))?;
-            }
-        }
-    }
+    (report.objects, report.bytes) = remove(&r, keep_last)?;
+    remove_deltas_from_gone(&r, repo_path, &deltas, &gone)?;
     for x in &removed {
         if publish::has_commit(&r, &x.commit)? {
             bail!("prune left commit {} in the repo", x.commit);
@@ -212,6 +182,65 @@ pub fn prune(
     }
     super::audit::append(repo_path, &[e])?;
     Ok(report)
+}
+
+/// Every commit of the repo that is not kept, with the ref whose history held it, in order of
+/// ref and commit.
+fn removed_commits(
+    r: &ostree::Repo,
+    kept: &HashSet<String>,
+    older: &BTreeMap<String, String>,
+) -> Result<Vec<Removed>> {
+    let all = r
+        .list_commit_objects_starting_with(None, gio::Cancellable::NONE)
+        .context("listing the repo's commits")?;
+    let mut removed: Vec<Removed> = Vec::new();
+    for c in all.iter().map(|c| c.to_string()) {
+        if kept.contains(&c) {
+            continue;
+        }
+        let version = store::load_commit(r, &c).ok().and_then(|i| i.meta.version);
+        removed.push(Removed {
+            ref_: older.get(&c).cloned(),
+            commit: c,
+            version,
+        });
+    }
+    removed.sort_by(|a, b| (&a.ref_, &a.commit).cmp(&(&b.ref_, &b.commit)));
+    Ok(removed)
+}
+
+/// libostree's prune over the refs, to depth `keep_last - 1`; the objects and bytes it freed.
+fn remove(r: &ostree::Repo, keep_last: u32) -> Result<(u64, u64)> {
+    let depth = i32::try_from(keep_last - 1).unwrap_or(i32::MAX);
+    let (_, pruned, bytes) = r
+        .prune(
+            ostree::RepoPruneFlags::REFS_ONLY,
+            depth,
+            gio::Cancellable::NONE,
+        )
+        .context("pruning the repo")?;
+    Ok((u64::try_from(pruned).unwrap_or(0), bytes))
+}
+
+/// Remove the deltas out of removed commits into kept ones.
+fn remove_deltas_from_gone(
+    r: &ostree::Repo,
+    repo_path: &std::path::Path,
+    deltas: &[Delta],
+    gone: &HashSet<&str>,
+) -> Result<()> {
+    // libostree dropped the deltas into removed commits; those out of them are cairn's to drop.
+    for (from, to) in deltas {
+        if let Some(f) = from.as_deref().filter(|f| gone.contains(f)) {
+            if publish::has_commit(r, to)? {
+                let dir = delta_dir(repo_path, f, to)?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing the static delta {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 //! units) are checked here, before anything is written.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 
 use crate::store::{valid_ref, MAX_REF};
 
-use super::{basearch, normalize_tree_path, Item, Merged, Origin, Treefile};
+use super::{basearch, normalize_tree_path, Item, Keys, Merged, Origin, Treefile};
 
 /// Is `name` a valid Debian package name?
 pub fn valid_package_name(name: &str) -> bool {
@@ -54,9 +55,37 @@ fn required<T>(v: Option<Item<T>>, file: &str, key: &str, example: &str) -> Resu
 pub(super) fn validate(m: Merged) -> Result<Treefile> {
     let file = m.path.display().to_string();
     let mut keys = m.keys;
+    let (ref_, ref_origin) = check_ref(&keys, &file)?;
+    let releasever = check_releasever(&keys, &file)?;
+    if let Some(parent) = &m.parent {
+        if parent.ref_ == ref_ {
+            bail!(
+                "{ref_origin}: key `ref`: {ref_} is also the ref of parent layer {}",
+                parent.path.display()
+            );
+        }
+    }
+    check_packages(&keys)?;
+    check_paths(&keys)?;
+    check_units(&keys)?;
+    check_settings(&keys)?;
+    check_users(&keys)?;
+    check_groups(&keys)?;
+    write_inherited_defaults(&mut keys, &m.path);
+    Ok(Treefile {
+        path: m.path,
+        ref_,
+        releasever,
+        keys,
+        parent: m.parent,
+    })
+}
+
+/// `ref`: present, `${basearch}` expanded, a valid OSTree ref. Returns it with its origin.
+fn check_ref(keys: &Keys, file: &str) -> Result<(String, Origin)> {
     let ref_item = required(
         keys.ref_.clone(),
-        &file,
+        file,
         "ref",
         "ref = \"cairn/${basearch}/base\"",
     )?;
@@ -76,9 +105,14 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             ref_
         );
     }
+    Ok((ref_, ref_item.origin))
+}
+
+/// `releasever`: present and a suite name.
+fn check_releasever(keys: &Keys, file: &str) -> Result<String> {
     let releasever = required(
         keys.releasever.clone(),
-        &file,
+        file,
         "releasever",
         "releasever = \"bookworm\"",
     )?;
@@ -92,15 +126,11 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             releasever.value
         );
     }
-    if let Some(parent) = &m.parent {
-        if parent.ref_ == ref_ {
-            bail!(
-                "{}: key `ref`: {ref_} is also the ref of parent layer {}",
-                ref_item.origin,
-                parent.path.display()
-            );
-        }
-    }
+    Ok(releasever.value)
+}
+
+/// `packages` and `exclude-packages`: Debian package names.
+fn check_packages(keys: &Keys) -> Result<()> {
     for (key, list) in [
         ("packages", &keys.packages),
         ("exclude-packages", &keys.exclude_packages),
@@ -115,6 +145,11 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             }
         }
     }
+    Ok(())
+}
+
+/// `add-files` land under /usr or /etc; `remove-files` stay inside the tree.
+fn check_paths(keys: &Keys) -> Result<()> {
     for af in &keys.add_files {
         match normalize_tree_path(&af.value.dest) {
             Some(d) if d.starts_with("/usr/") || d.starts_with("/etc/") => {}
@@ -140,6 +175,11 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             ),
         }
     }
+    Ok(())
+}
+
+/// `units` are systemd unit names; `default-target` is a `.target` unit.
+fn check_units(keys: &Keys) -> Result<()> {
     for u in &keys.units {
         if !valid_unit(&u.value) {
             bail!(
@@ -158,6 +198,11 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             );
         }
     }
+    Ok(())
+}
+
+/// The single-word settings: `automatic-version-prefix` and `gpg-key`.
+fn check_settings(keys: &Keys) -> Result<()> {
     if let Some(p) = &keys.automatic_version_prefix {
         if p.value.is_empty()
             || !p
@@ -182,6 +227,11 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             );
         }
     }
+    Ok(())
+}
+
+/// `users`: valid names, each defined once, valid group names.
+fn check_users(keys: &Keys) -> Result<()> {
     let mut seen_users = BTreeSet::new();
     for u in &keys.users {
         if !valid_account_name(&u.value.name) {
@@ -208,6 +258,11 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             }
         }
     }
+    Ok(())
+}
+
+/// `groups`: valid names.
+fn check_groups(keys: &Keys) -> Result<()> {
     for g in &keys.groups {
         if !valid_account_name(&g.value.name) {
             bail!(
@@ -218,9 +273,13 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
             );
         }
     }
-    // The defaults a child layer inherits and may not change, written out.
+    Ok(())
+}
+
+/// The defaults a child layer inherits and may not change, written out.
+fn write_inherited_defaults(keys: &mut Keys, path: &Path) {
     let here = Origin {
-        file: m.path.clone(),
+        file: path.to_path_buf(),
         line: 0,
     };
     keys.recommends.get_or_insert(Item {
@@ -231,11 +290,4 @@ pub(super) fn validate(m: Merged) -> Result<Treefile> {
         value: true,
         origin: here,
     });
-    Ok(Treefile {
-        path: m.path,
-        ref_,
-        releasever: releasever.value,
-        keys,
-        parent: m.parent,
-    })
 }

@@ -54,33 +54,10 @@ pub const DEFAULT_MEMORY_MIB: u64 = 1536;
 
 /// Read the header of the test at `path`, named `name`.
 pub fn read(path: &Path, name: &str) -> Result<TestDef> {
-    let meta =
-        fs_err::metadata(path).with_context(|| format!("{}: no such test", path.display()))?;
-    if !meta.is_file() {
-        bail!("{}: a test must be a file", path.display());
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        bail!(
-            "{}: not executable (a test is an executable file; chmod +x it)",
-            path.display()
-        );
-    }
+    check_executable(path)?;
     let bytes = fs_err::read(path).with_context(|| format!("reading {}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes);
-    let mut lines = text.lines();
-    let mut first_line = 1;
-    if text.starts_with("#!") {
-        lines.next();
-        first_line = 2;
-    }
-    let header: Vec<&str> = lines
-        .take_while(|l| l.starts_with("##"))
-        .map(|l| {
-            let l = l.trim_start_matches("##");
-            l.strip_prefix(' ').unwrap_or(l)
-        })
-        .collect();
-    let src = header.join("\n");
+    let (src, first_line) = header_block(&text);
     let at = |offset: usize| {
         format!(
             "{}:{}",
@@ -95,45 +72,9 @@ pub fn read(path: &Path, name: &str) -> Result<TestDef> {
             .unwrap_or_else(|| path.display().to_string());
         anyhow::anyhow!("{line}: bad test header: {}", e.message())
     })?;
-    let timeout = match &raw.timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(v) => {
-            let d = match v.get_ref() {
-                toml::Value::String(s) => parse_duration(s),
-                toml::Value::Integer(n) if *n > 0 => Some(Duration::from_secs(*n as u64)),
-                _ => None,
-            };
-            d.with_context(|| {
-                format!(
-                    "{}: key `timeout`: not a duration like \"90s\" or \"10m\"",
-                    at(v.span().start)
-                )
-            })?
-        }
-    };
-    let memory_mib = match &raw.memory {
-        None => DEFAULT_MEMORY_MIB,
-        Some(m) => parse_size(m.get_ref())
-            .filter(|b| *b >= 256 << 20)
-            .map(|b| b >> 20)
-            .with_context(|| {
-                format!(
-                    "{}: key `memory`: {:?} is not a size of at least 256M",
-                    at(m.span().start),
-                    m.get_ref()
-                )
-            })?,
-    };
-    let disk_size = match &raw.disk_size {
-        None => None,
-        Some(d) => Some(parse_size(d.get_ref()).with_context(|| {
-            format!(
-                "{}: key `disk-size`: {:?} is not a size like \"8G\"",
-                at(d.span().start),
-                d.get_ref()
-            )
-        })?),
-    };
+    let timeout = timeout(&raw.timeout, &at)?;
+    let memory_mib = memory_mib(&raw.memory, &at)?;
+    let disk_size = disk_size(&raw.disk_size, &at)?;
     let firmware = match &raw.firmware {
         None => vec![Firmware::Bios],
         Some(f) => Firmware::parse_list(f.get_ref(), &at(f.span().start))?,
@@ -148,6 +89,96 @@ pub fn read(path: &Path, name: &str) -> Result<TestDef> {
         exclusive: raw.exclusive.unwrap_or(false),
         disk_size,
     })
+}
+
+/// A test is an executable file.
+fn check_executable(path: &Path) -> Result<()> {
+    let meta =
+        fs_err::metadata(path).with_context(|| format!("{}: no such test", path.display()))?;
+    if !meta.is_file() {
+        bail!("{}: a test must be a file", path.display());
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        bail!(
+            "{}: not executable (a test is an executable file; chmod +x it)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The TOML of the `##` lines right after the `#!` line, and the file's line it starts at.
+fn header_block(text: &str) -> (String, usize) {
+    let mut lines = text.lines();
+    let mut first_line = 1;
+    if text.starts_with("#!") {
+        lines.next();
+        first_line = 2;
+    }
+    let header: Vec<&str> = lines
+        .take_while(|l| l.starts_with("##"))
+        .map(|l| {
+            let l = l.trim_start_matches("##");
+            l.strip_prefix(' ').unwrap_or(l)
+        })
+        .collect();
+    (header.join("\n"), first_line)
+}
+
+/// `timeout`: a duration, or a number of seconds.
+fn timeout(
+    v: &Option<toml::Spanned<toml::Value>>,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Duration> {
+    let Some(v) = v else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let d = match v.get_ref() {
+        toml::Value::String(s) => parse_duration(s),
+        toml::Value::Integer(n) if *n > 0 => Some(Duration::from_secs(*n as u64)),
+        _ => None,
+    };
+    d.with_context(|| {
+        format!(
+            "{}: key `timeout`: not a duration like \"90s\" or \"10m\"",
+            at(v.span().start)
+        )
+    })
+}
+
+/// `memory`: at least 256 MiB, in MiB.
+fn memory_mib(m: &Option<toml::Spanned<String>>, at: &dyn Fn(usize) -> String) -> Result<u64> {
+    let Some(m) = m else {
+        return Ok(DEFAULT_MEMORY_MIB);
+    };
+    parse_size(m.get_ref())
+        .filter(|b| *b >= 256 << 20)
+        .map(|b| b >> 20)
+        .with_context(|| {
+            format!(
+                "{}: key `memory`: {:?} is not a size of at least 256M",
+                at(m.span().start),
+                m.get_ref()
+            )
+        })
+}
+
+/// `disk-size`: a size, if given.
+fn disk_size(
+    d: &Option<toml::Spanned<String>>,
+    at: &dyn Fn(usize) -> String,
+) -> Result<Option<u64>> {
+    let Some(d) = d else {
+        return Ok(None);
+    };
+    let size = parse_size(d.get_ref()).with_context(|| {
+        format!(
+            "{}: key `disk-size`: {:?} is not a size like \"8G\"",
+            at(d.span().start),
+            d.get_ref()
+        )
+    })?;
+    Ok(Some(size))
 }
 
 /// The name of a test given as a file: its path below the last `vm-tests` directory, or its

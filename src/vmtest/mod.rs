@@ -8,6 +8,7 @@
 //! parallel within the machine's cores and memory. A test reboots the VM by calling
 //! `$CAIRN_REBOOT <mark>` and is run again after the boot with `$CAIRN_REBOOT_MARK` set.
 
+mod case;
 pub mod header;
 mod reboot;
 pub mod report;
@@ -19,20 +20,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::base::cmd::TimedOut;
 use crate::base::Firmware;
 use crate::store::serve::RepoServer;
 use crate::vm::guest::Guest;
 use crate::vm::ssh::Key;
 use crate::vm::{self, console, seed, Accel, Console, Spec};
+use case::run_case;
 use header::TestDef;
-use reboot::{Next, REBOOT_HELPER};
 use report::{Boot, CaseResult, Report, Status};
 
-/// Where tests and their helper live in the guest (on /var, so it survives reboots).
-const GUEST_DIR: &str = "/var/tmp/cairn-vm-test";
-/// How many reboots one test may ask for.
-const MAX_REBOOTS: usize = 10;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -146,21 +142,7 @@ struct Ctx<'a> {
 pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<Report> {
     let started = Instant::now();
     let info = vm::image_info(&opts.image)?;
-    let mut tests = header::discover(&opts.tests)?;
-    if !opts.tags.is_empty() {
-        tests.retain(|t| t.tags.iter().any(|g| opts.tags.contains(g)));
-        if tests.is_empty() {
-            bail!("no test has one of the tags {:?}", opts.tags);
-        }
-    }
-    if tests.iter().any(|t| t.firmware.contains(&Firmware::Uefi))
-        && !Path::new(vm::OVMF_CODE).exists()
-    {
-        bail!(
-            "{} is missing: UEFI tests need Debian's `ovmf` package",
-            vm::OVMF_CODE
-        );
-    }
+    let tests = select_tests(opts)?;
     fs_err::create_dir_all(&opts.out)
         .with_context(|| format!("could not create {}", opts.out.display()))?;
     let work = tempfile::Builder::new()
@@ -176,17 +158,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
     // Disks are bigger than the image by default, so that growing the root is exercised.
     let default_disk = info.virtual_size + (2 << 30);
     let groups = plan(&tests, default_disk);
-
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let biggest = groups.iter().map(|g| g.memory_mib).max().unwrap_or(1024);
-    let by_memory = crate::base::tmp::memory_available()
-        .map(|m| (m >> 20) / (biggest + 512))
-        .unwrap_or(1) as usize;
-    let jobs = opts
-        .jobs
-        .unwrap_or_else(|| cores.min(by_memory))
-        .clamp(1, groups.len().max(1));
-    let cpus = (cores / jobs).max(1) as u32;
+    let (jobs, cpus) = share_machine(opts, &groups);
     tracing::info!(
         "{} tests in {} VMs, {jobs} at a time, {cpus} CPU{} each, {}",
         tests.len(),
@@ -206,16 +178,7 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
         report: Mutex::new(Report::new(opts.image.clone(), accel, jobs, junit)),
         on_result,
     };
-    let queue = Mutex::new(groups.into_iter().collect::<VecDeque<_>>());
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| loop {
-                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
-                let Some(group) = next else { break };
-                run_group(&ctx, group);
-            });
-        }
-    });
+    run_groups(&ctx, groups, jobs);
     drop(server);
     let mut report = ctx
         .report
@@ -225,6 +188,57 @@ pub fn run(opts: &Options, on_result: &(dyn Fn(&CaseResult) + Sync)) -> Result<R
     report.write_junit()?;
     crate::base::interrupt::check()?;
     Ok(report)
+}
+
+/// The tests to run: those found, with one of the tags asked for; UEFI's firmware present if
+/// one of them boots it.
+fn select_tests(opts: &Options) -> Result<Vec<TestDef>> {
+    let mut tests = header::discover(&opts.tests)?;
+    if !opts.tags.is_empty() {
+        tests.retain(|t| t.tags.iter().any(|g| opts.tags.contains(g)));
+        if tests.is_empty() {
+            bail!("no test has one of the tags {:?}", opts.tags);
+        }
+    }
+    if tests.iter().any(|t| t.firmware.contains(&Firmware::Uefi))
+        && !Path::new(vm::OVMF_CODE).exists()
+    {
+        bail!(
+            "{} is missing: UEFI tests need Debian's `ovmf` package",
+            vm::OVMF_CODE
+        );
+    }
+    Ok(tests)
+}
+
+/// How many VMs run at a time (as asked, or as many as cores and memory allow) and how many
+/// CPUs each gets.
+fn share_machine(opts: &Options, groups: &[Group]) -> (usize, u32) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let biggest = groups.iter().map(|g| g.memory_mib).max().unwrap_or(1024);
+    let by_memory = crate::base::tmp::memory_available()
+        .map(|m| (m >> 20) / (biggest + 512))
+        .unwrap_or(1) as usize;
+    let jobs = opts
+        .jobs
+        .unwrap_or_else(|| cores.min(by_memory))
+        .clamp(1, groups.len().max(1));
+    let cpus = (cores / jobs).max(1) as u32;
+    (jobs, cpus)
+}
+
+/// Run the groups, `jobs` VMs at a time, each taking the next group when it is done.
+fn run_groups(ctx: &Ctx, groups: Vec<Group>, jobs: usize) {
+    let queue = Mutex::new(groups.into_iter().collect::<VecDeque<_>>());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                let Some(group) = next else { break };
+                run_group(ctx, group);
+            });
+        }
+    });
 }
 
 fn record(ctx: &Ctx, c: CaseResult) {
@@ -344,171 +358,6 @@ fn boot_group(ctx: &Ctx, group: &Group, dir: &Path, hostname: &str) -> Result<Gu
     let mut guest = Guest::start(&spec, dir, &ctx.key, hostname)?;
     guest.wait_ready(Instant::now() + ctx.opts.boot_timeout)?;
     Ok(guest)
-}
-
-/// Quote for the guest's shell.
-fn q(s: &str) -> String {
-    crate::base::cmd::shell_quote(s)
-}
-
-/// Run one test, following its reboots (each noted in `boots`); (status, message, output).
-fn run_case(
-    ctx: &Ctx,
-    g: &mut Guest,
-    group: &Group,
-    case: &Case,
-    boots: &mut Vec<Boot>,
-) -> Result<(Status, String, String)> {
-    let deadline = Instant::now() + case.def.timeout;
-    let body = fs_err::read(&case.def.path)
-        .with_context(|| format!("reading {}", case.def.path.display()))?;
-    let file = format!("{GUEST_DIR}/{}", case.def.name.replace('/', "--"));
-    let short = Duration::from_secs(60);
-    // One login copies the reboot helper (small enough for the command line) and the test.
-    let helper = format!("{GUEST_DIR}/cairn-reboot");
-    g.ssh.run_with_input(
-        &format!(
-            "mkdir -p {GUEST_DIR} && printf %s {} > {helper} && cat > {} && chmod 0755 {helper} {}",
-            q(REBOOT_HELPER),
-            q(&file),
-            q(&file)
-        ),
-        body,
-        short,
-    )?;
-    let mut env = vec![
-        ("CAIRN_TEST_NAME", case.def.name.clone()),
-        ("CAIRN_REBOOT", helper),
-        ("CAIRN_VM_FIRMWARE", case.firmware.as_str().to_string()),
-        ("CAIRN_VM_HOSTNAME", g.name.clone()),
-        ("CAIRN_VM_SSH_KEY", ctx.key.public.clone()),
-        ("CAIRN_VM_DISK_SIZE", group.disk_size.to_string()),
-    ];
-    if let Some(url) = &ctx.repo_url {
-        env.push(("CAIRN_REPO_URL", url.clone()));
-    }
-    let mut mark = String::new();
-    let mut output = String::new();
-    let mut followed = 0;
-    for n in 0..=MAX_REBOOTS {
-        let vars: Vec<String> = env
-            .iter()
-            .map(|(k, v)| format!("{k}={}", q(v)))
-            .chain(std::iter::once(format!("CAIRN_REBOOT_MARK={}", q(&mark))))
-            .chain(std::iter::once(format!("CAIRN_REBOOT_BOOTS={followed}")))
-            .collect();
-        // For a reboot the guest makes itself, the boot it leaves.
-        let before = g.boot_id()?;
-        // The exit status goes to a file too: ssh's own 255 (a broken connection) and a test
-        // that exits 255 then stay apart.
-        let cmd = format!(
-            "cd {GUEST_DIR} && rm -f reboot-mark exit-status && env {} {} 2>&1; echo $? > exit-status",
-            vars.join(" "),
-            q(&file)
-        );
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (_, out) = match g.ssh.status(&cmd, left) {
-            Ok(r) => r,
-            Err(e) if e.downcast_ref::<TimedOut>().is_some() => {
-                return Ok((
-                    Status::Fail,
-                    format!("timed out after {} s", case.def.timeout.as_secs()),
-                    output,
-                ))
-            }
-            Err(e) => return Err(e),
-        };
-        if n > 0 {
-            output.push_str(&format!("--- after reboot {n} (mark {mark:?}) ---\n"));
-        }
-        output.push_str(&out.stdout);
-        output.push_str(&out.stderr);
-        let id = Some(case.id());
-        // A command that reboots the guest may take it down before the files can be read.
-        let guest = reboot::guest_reboot(&out.stdout);
-        let (code, next) = match guest {
-            Some(m) => (None, Next::Guest(m)),
-            None => {
-                // Both files in one login, each on a line of its own whether or not it exists.
-                let state = g
-                    .ssh
-                    .status(
-                        &format!(
-                            "cd {GUEST_DIR} && printf 'exit=%s\\nmark=%s\\n' \"$(cat exit-status 2>/dev/null)\" \"$(cat reboot-mark 2>/dev/null)\""
-                        ),
-                        short,
-                    )
-                    .map(|(_, o)| o.stdout)
-                    .unwrap_or_default();
-                let field = |k: &str| {
-                    state
-                        .lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .unwrap_or("")
-                        .trim()
-                        .to_string()
-                };
-                (
-                    field("exit=").parse::<i32>().ok(),
-                    Next::parse(&field("mark=")),
-                )
-            }
-        };
-        let (next, by_guest) = match next {
-            Next::Done => (None, None),
-            Next::Reboot(m) => {
-                let t = Instant::now();
-                g.reboot(deadline)?;
-                let b = boot(ctx, case.firmware, "reboot", t.elapsed(), id.clone());
-                record_boot(ctx, b, Some(boots));
-                followed = 1;
-                (Some(m), None)
-            }
-            Next::Follow(m) => (Some(m), Some(None)),
-            Next::Guest(m) => (Some(m), Some(Some(before.clone()))),
-        };
-        if let Some(by_guest) = by_guest {
-            let seen = g.follow(deadline, by_guest)?;
-            followed = seen.len();
-            for f in seen {
-                let mut b = boot(
-                    ctx,
-                    case.firmware,
-                    "followed",
-                    Duration::from_secs_f64(f.seconds),
-                    id.clone(),
-                );
-                if !f.good {
-                    b.outcome = "rebooted by itself";
-                }
-                b.fatal = f.fatal;
-                output.push_str(&format!("--- {} ---\n", b.line()));
-                record_boot(ctx, b, Some(boots));
-            }
-        }
-        if let Some(m) = next {
-            mark = m;
-            continue;
-        }
-        g.check()?;
-        let tail = crate::base::text::tail(&output, 1, " / ");
-        return Ok(match code {
-            Some(0) => (Status::Pass, String::new(), output),
-            Some(77) => (Status::Skip, tail, output),
-            Some(c) => (Status::Fail, format!("exit status {c}: {tail}"), output),
-            None => (
-                Status::Fail,
-                "the connection broke: the guest rebooted or crashed without a reboot mark"
-                    .to_string(),
-                output,
-            ),
-        });
-    }
-    Ok((
-        Status::Fail,
-        format!("more than {MAX_REBOOTS} reboots"),
-        output,
-    ))
 }
 
 /// Keep the console log, QEMU's log, the test's output and the guest's journal of a failed test.
