@@ -1,8 +1,9 @@
 //! `cairn compose`: a treefile → an OSTree commit on its ref.
 //!
 //! A parent layer is composed first (when its inputs changed) and the child starts from its
-//! commit. Each layer goes through typed stages (mkosi's shape: one context, a flat list of
-//! steps, all listed in [`compose_one`]), each stage a value that is complete when it is made:
+//! commit. Each layer goes through typed stages, each a value that is complete when it is made
+//! (mkosi's shape: one context, a flat list of steps; [`compose_one`] lists the stages,
+//! [`run_steps`] the steps):
 //!
 //! 1. **Gathered inputs** ([`gather::Inputs`], the heart of the layer's [`Ctx`]): the flattened
 //!    treefile, the parent layer's commit, the apt sources and their index state, the
@@ -42,10 +43,11 @@ use crate::base::progress::Progress;
 use crate::base::tmp::TempTree;
 use crate::store;
 use crate::treefile::Treefile;
+use apt::AptEnv;
 use gather::Inputs;
 use lockfile::Lockfile;
 use noop::Decision;
-use resolve::Resolved;
+use resolve::{Resolved, Start};
 
 /// Bump when a change to cairn changes what the same inputs compose to.
 const COMPOSE_FORMAT: u32 = 6;
@@ -171,9 +173,9 @@ fn compose_one(
     }
     let apt = resolve::apt_env(&ctx)?;
     interrupt::check()?;
-    let base = resolve::checkout_parent(&ctx)?;
+    let onto = resolve::checkout_parent(&ctx)?;
     interrupt::check()?;
-    let resolved = resolve::resolve(&ctx, &apt, &base)?;
+    let resolved = resolve::resolve(&ctx, &apt, &onto)?;
     let decision = noop::decide_resolved(&ctx.inputs, &resolved.inputhash, opts.force);
     if let Decision::Unchanged(prev) = decision {
         tracing::info!("{}: input hash unchanged, nothing to do", tf.ref_);
@@ -181,20 +183,24 @@ fn compose_one(
         noop::IndexNote::write(&opts.repo, &tf.ref_, &prev.checksum, index);
         return Ok(noop::skipped(&tf.ref_, &ctx.inputs, prev, start));
     }
-    // The steps, in order, each given what the ones before it made.
-    let tree = steps::Tree::new(&ctx, base)?;
+    run_steps(&ctx, &apt, onto, resolved)
+}
+
+/// The steps, in order, each given what the stages and steps before it made.
+fn run_steps(ctx: &Ctx, apt: &AptEnv, onto: Start, resolved: Resolved) -> Result<ComposeResult> {
+    let tree = steps::Tree::new(ctx, onto)?;
     let Resolved {
         packages,
         inputhash,
     } = resolved;
     interrupt::check()?;
-    let packages = steps::download(&ctx, &apt, packages)?;
+    let packages = steps::download(ctx, apt, packages)?;
     interrupt::check()?;
-    steps::install(&ctx, &apt, &tree, &packages.new)?;
+    steps::install(ctx, apt, &tree, &packages.new)?;
     interrupt::check()?;
-    let configured = steps::configure(&ctx, &tree)?;
+    let configured = steps::configure(ctx, &tree)?;
     interrupt::check()?;
-    steps::initramfs(&ctx, &tree, &configured.kver, &packages.new)?;
+    steps::initramfs(ctx, &tree, &configured.kver, &packages.new)?;
     interrupt::check()?;
     let inventory = steps::inventory(&tree, &packages.all)?;
     interrupt::check()?;
@@ -206,7 +212,7 @@ fn compose_one(
         configured,
         inventory,
     };
-    steps::commit(&ctx, tree, built)
+    steps::commit(ctx, tree, built)
 }
 
 fn work_name(r: &str) -> String {

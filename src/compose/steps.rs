@@ -1,6 +1,6 @@
 //! The steps of a layer's compose, after the package set is resolved: download, install,
 //! configure, initramfs, inventory, layout, commit. Each takes the values the stages and steps
-//! before it made, and returns what the ones after it need; [`super::compose_one`] lists them.
+//! before it made, and returns what the ones after it need; [`super::run_steps`] lists them.
 //!
 //! They all work in one [`Tree`]: a fresh directory for a base, the parent's checkout for a
 //! layer. It is removed once the commit is written, and kept for inspection when a step fails
