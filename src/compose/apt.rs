@@ -100,75 +100,76 @@ pub fn parse_sources(files: &[SourceFile]) -> Vec<Suite> {
     for f in files {
         if f.name.ends_with(".sources") {
             for para in f.content.split("\n\n") {
-                let mut fields: BTreeMap<String, String> = BTreeMap::new();
-                let mut last = String::new();
-                for line in para.lines() {
-                    if line.starts_with('#') {
-                        continue;
-                    }
-                    if line.starts_with(' ') || line.starts_with('\t') {
-                        if let Some(v) = fields.get_mut(&last) {
-                            v.push(' ');
-                            v.push_str(line.trim());
-                        }
-                    } else if let Some((k, v)) = line.split_once(':') {
-                        last = k.trim().to_ascii_lowercase();
-                        fields.insert(last.clone(), v.trim().to_string());
-                    }
-                }
-                let enabled = fields.get("enabled").is_none_or(|v| v != "no");
-                let is_deb = fields
-                    .get("types")
-                    .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
-                if !enabled || !is_deb {
-                    continue;
-                }
-                for uri in fields
-                    .get("uris")
-                    .map(|s| s.as_str())
-                    .unwrap_or("")
-                    .split_whitespace()
-                {
-                    for suite in fields
-                        .get("suites")
-                        .map(|s| s.as_str())
-                        .unwrap_or("")
-                        .split_whitespace()
-                    {
-                        out.push(Suite {
-                            uri: uri.to_string(),
-                            suite: suite.to_string(),
-                        });
-                    }
-                }
+                out.extend(deb822_suites(para));
             }
         } else {
-            for line in f.content.lines() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                let mut words = line.split_whitespace().peekable();
-                if words.next() != Some("deb") {
-                    continue;
-                }
-                if words.peek().is_some_and(|w| w.starts_with('[')) {
-                    // Skip the options block, which may contain spaces.
-                    for w in words.by_ref() {
-                        if w.ends_with(']') {
-                            break;
-                        }
-                    }
-                }
-                if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
-                    out.push(Suite {
-                        uri: uri.to_string(),
-                        suite: suite.to_string(),
-                    });
-                }
-            }
+            out.extend(f.content.lines().filter_map(one_line_suite));
         }
     }
     out.sort();
     out.dedup();
     out
+}
+
+/// The suites of one deb822 paragraph (`.sources`): every URI with every suite, when it is
+/// enabled and of type `deb`.
+fn deb822_suites(para: &str) -> Vec<Suite> {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut last = String::new();
+    for line in para.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(v) = fields.get_mut(&last) {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            last = k.trim().to_ascii_lowercase();
+            fields.insert(last.clone(), v.trim().to_string());
+        }
+    }
+    let enabled = fields.get("enabled").is_none_or(|v| v != "no");
+    let is_deb = fields
+        .get("types")
+        .is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+    if !enabled || !is_deb {
+        return Vec::new();
+    }
+    let words = |k: &str| fields.get(k).map(|s| s.as_str()).unwrap_or("");
+    let mut out = Vec::new();
+    for uri in words("uris").split_whitespace() {
+        for suite in words("suites").split_whitespace() {
+            out.push(Suite {
+                uri: uri.to_string(),
+                suite: suite.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// The suite of a one-line `deb [options] URI SUITE …` source (`.list`), if it is one.
+fn one_line_suite(line: &str) -> Option<Suite> {
+    let line = line.split('#').next().unwrap_or("").trim();
+    let mut words = line.split_whitespace().peekable();
+    if words.next() != Some("deb") {
+        return None;
+    }
+    if words.peek().is_some_and(|w| w.starts_with('[')) {
+        // Skip the options block, which may contain spaces.
+        for w in words.by_ref() {
+            if w.ends_with(']') {
+                break;
+            }
+        }
+    }
+    let (uri, suite) = (words.next()?, words.next()?);
+    Some(Suite {
+        uri: uri.to_string(),
+        suite: suite.to_string(),
+    })
 }
 
 /// What the package indexes say right now: a digest over every suite's `InRelease` (which itself

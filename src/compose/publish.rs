@@ -70,7 +70,7 @@ pub fn after_compose(
     let mut entries = Vec::new();
     let mut summary_signer: Option<Signer> = None;
     for res in results {
-        let layer = layers.iter().find(|t| t.ref_ == res.ref_);
+        let layer = layers.iter().find(|t| t.ref_ == res.ref_).copied();
         let signer = match layer {
             Some(t) => signer(t, gpg_homedir)?,
             None => None,
@@ -79,45 +79,12 @@ pub fn after_compose(
             sign::record_key(&r, s)?;
             summary_signer = Some(s.clone());
         }
-        if res.skipped {
-            if let Some(s) = signer
-                .as_ref()
-                .filter(|s| !s.signed(&r, &res.commit).unwrap_or(false))
-            {
-                s.sign_commit(&r, &res.commit)?;
-                publish::refresh_deltas_to(&r, &res.commit)?;
-                tracing::info!(
-                    "{}: signed {} with {}",
-                    res.ref_,
-                    res.commit,
-                    s.key.fingerprint
-                );
-                entries.push(sign_entry(
-                    Some(&res.ref_),
-                    &res.commit,
-                    Some(res.version.clone()),
-                    s,
-                ));
-            }
-            continue;
-        }
-        publish::delta(&r, res.previous.as_deref(), &res.commit)?;
-        let c = store::load_commit(&r, &res.commit)?;
-        let path = layer
-            .map(|t| t.path.display().to_string())
-            .unwrap_or_default();
-        let mut e = Entry::new("compose", Some(&res.ref_)).with("treefile", path);
-        if let Some(g) = &c.meta.provenance.git_revision {
-            e = e.with("git_revision", g);
-        }
-        if let Some(s) = &signer {
-            e = e.with("signed_by", &s.key.fingerprint);
-        }
-        e.old = res.previous.clone();
-        e.new = Some(res.commit.clone());
-        e.version = Some(res.version.clone());
-        e.inputhash = Some(res.inputhash.clone());
-        entries.push(e);
+        let entry = if res.skipped {
+            sign_unchanged(&r, res, signer.as_ref())?
+        } else {
+            Some(moved(&r, res, layer, signer.as_ref())?)
+        };
+        entries.extend(entry);
     }
     if !entries.is_empty() || !repo_path.join("summary").exists() {
         let signer = match summary_signer {
@@ -136,4 +103,56 @@ pub fn after_compose(
         publish::summary(&r, signer.as_ref())?;
     }
     audit::append(repo_path, &entries)
+}
+
+/// A layer found unchanged: sign its commit when `signer` has not yet (refreshing the deltas
+/// into it), and say so in the audit log.
+fn sign_unchanged(
+    r: &ostree::Repo,
+    res: &ComposeResult,
+    signer: Option<&Signer>,
+) -> Result<Option<Entry>> {
+    let Some(s) = signer.filter(|s| !s.signed(r, &res.commit).unwrap_or(false)) else {
+        return Ok(None);
+    };
+    s.sign_commit(r, &res.commit)?;
+    publish::refresh_deltas_to(r, &res.commit)?;
+    tracing::info!(
+        "{}: signed {} with {}",
+        res.ref_,
+        res.commit,
+        s.key.fingerprint
+    );
+    Ok(Some(sign_entry(
+        Some(&res.ref_),
+        &res.commit,
+        Some(res.version.clone()),
+        s,
+    )))
+}
+
+/// A ref that moved: the delta from its previous commit, and its audit line.
+fn moved(
+    r: &ostree::Repo,
+    res: &ComposeResult,
+    layer: Option<&Treefile>,
+    signer: Option<&Signer>,
+) -> Result<Entry> {
+    publish::delta(r, res.previous.as_deref(), &res.commit)?;
+    let c = store::load_commit(r, &res.commit)?;
+    let path = layer
+        .map(|t| t.path.display().to_string())
+        .unwrap_or_default();
+    let mut e = Entry::new("compose", Some(&res.ref_)).with("treefile", path);
+    if let Some(g) = &c.meta.provenance.git_revision {
+        e = e.with("git_revision", g);
+    }
+    if let Some(s) = signer {
+        e = e.with("signed_by", &s.key.fingerprint);
+    }
+    e.old = res.previous.clone();
+    e.new = Some(res.commit.clone());
+    e.version = Some(res.version.clone());
+    e.inputhash = Some(res.inputhash.clone());
+    Ok(e)
 }

@@ -39,37 +39,7 @@ pub fn bootstrap(
     root: &Path,
     epoch: i64,
 ) -> Result<()> {
-    // Absolute already: AptEnv resolves the cache path.
-    let debs = apt.debs_dir().to_path_buf();
-    let q = |p: &Path| crate::base::cmd::shell_quote(&p.display().to_string());
-    // mmdebstrap wants the .debs visible inside the chroot at their host path. The setup hook
-    // notes every directory it has to create for them (deepest first), then hardlinks (or, across
-    // filesystems, copies) them there; the customize hook removes exactly those files, and each
-    // noted directory that is empty and that no package owns.
-    let note = root
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("internal: root has no parent"))?
-        .join("debs-dirs");
-    let files: Vec<String> = pkgs.iter().map(|p| q(&apt.deb_path(p))).collect();
-    let setup = format!(
-        "set -e; d={d}; : > {note}; x=$d; \
-         while [ ! -e \"$1$x\" ]; do printf '%s\\n' \"$x\" >> {note}; x=$(dirname \"$x\"); done; \
-         mkdir -p \"$1$d\"; cp -al {f} \"$1$d/\" 2>/dev/null || cp -a {f} \"$1$d/\"",
-        d = q(&debs),
-        note = q(&note),
-        f = files.join(" ")
-    );
-    let inside: Vec<String> = pkgs
-        .iter()
-        .map(|p| format!("\"$1\"{}", q(&debs.join(p.deb_file_name()))))
-        .collect();
-    let cleanup = format!(
-        "rm -f {inside}; while read -r x; do \
-         grep -qxF \"$x\" \"$1\"/var/lib/dpkg/info/*.list 2>/dev/null || rmdir \"$1$x\" 2>/dev/null || true; \
-         done < {note}",
-        inside = inside.join(" "),
-        note = q(&note)
-    );
+    let (setup, cleanup) = deb_hooks(apt, pkgs, root)?;
     let mut cmd = Cmd::new("mmdebstrap")
         .args([
             "--mode=root",
@@ -105,6 +75,43 @@ pub fn bootstrap(
         .run()
         .context("installing packages with mmdebstrap")?;
     Ok(())
+}
+
+/// mmdebstrap's setup and customize hooks that make the `.deb` files visible inside the chroot
+/// at their host path, then take them away again.
+fn deb_hooks(apt: &AptEnv, pkgs: &[Package], root: &Path) -> Result<(String, String)> {
+    // Absolute already: AptEnv resolves the cache path.
+    let debs = apt.debs_dir().to_path_buf();
+    let q = |p: &Path| crate::base::cmd::shell_quote(&p.display().to_string());
+    // mmdebstrap wants the .debs visible inside the chroot at their host path. The setup hook
+    // notes every directory it has to create for them (deepest first), then hardlinks (or, across
+    // filesystems, copies) them there; the customize hook removes exactly those files, and each
+    // noted directory that is empty and that no package owns.
+    let note = root
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("internal: root has no parent"))?
+        .join("debs-dirs");
+    let files: Vec<String> = pkgs.iter().map(|p| q(&apt.deb_path(p))).collect();
+    let setup = format!(
+        "set -e; d={d}; : > {note}; x=$d; \
+         while [ ! -e \"$1$x\" ]; do printf '%s\\n' \"$x\" >> {note}; x=$(dirname \"$x\"); done; \
+         mkdir -p \"$1$d\"; cp -al {f} \"$1$d/\" 2>/dev/null || cp -a {f} \"$1$d/\"",
+        d = q(&debs),
+        note = q(&note),
+        f = files.join(" ")
+    );
+    let inside: Vec<String> = pkgs
+        .iter()
+        .map(|p| format!("\"$1\"{}", q(&debs.join(p.deb_file_name()))))
+        .collect();
+    let cleanup = format!(
+        "rm -f {inside}; while read -r x; do \
+         grep -qxF \"$x\" \"$1\"/var/lib/dpkg/info/*.list 2>/dev/null || rmdir \"$1$x\" 2>/dev/null || true; \
+         done < {note}",
+        inside = inside.join(" "),
+        note = q(&note)
+    );
+    Ok((setup, cleanup))
 }
 
 /// Install `new` packages into an existing tree (a layer on its parent's checkout) with apt
@@ -153,6 +160,30 @@ pub fn install_layer(apt: &AptEnv, new: &[Package], root: &Path, epoch: i64) -> 
 
 /// Apply a layer's files, accounts, units and target (before postprocess scripts).
 pub fn configure(layer: &Keys, root_path: &Path, root: &Dir, epoch: i64) -> Result<()> {
+    accounts(layer, root_path, epoch)?;
+    for af in &layer.add_files {
+        layout::copy_into(root, &af.value.src, &af.value.dest)
+            .with_context(|| format!("{}: key `add-files`", af.origin))?;
+    }
+    for r in &layer.remove_files {
+        layout::remove_path(root, &r.value)
+            .with_context(|| format!("{}: key `remove-files`", r.origin))?;
+    }
+    for u in &layer.units {
+        in_tree(chroot(root_path), epoch)
+            .args(["systemctl", "enable", &u.value])
+            .run()
+            .with_context(|| format!("{}: key `units`: enabling {}", u.origin, u.value))?;
+    }
+    if let Some(n) = layer.node_agent.as_ref().filter(|n| n.value.0) {
+        install_node_agent(root_path, root, epoch)
+            .with_context(|| format!("{}: key `node-agent`", n.origin))?;
+    }
+    Ok(())
+}
+
+/// A layer's `groups`, then its `users` (locked: no password until provisioning gives a key).
+fn accounts(layer: &Keys, root_path: &Path, epoch: i64) -> Result<()> {
     for g in &layer.groups {
         let (g, at) = (&g.value, &g.origin);
         let mut c = chroot(root_path).arg("groupadd");
@@ -199,24 +230,6 @@ pub fn configure(layer: &Keys, root_path: &Path, root: &Dir, epoch: i64) -> Resu
         in_tree(c.arg(&u.name), epoch)
             .run()
             .with_context(|| format!("{at}: key `users`: creating user {}", u.name))?;
-    }
-    for af in &layer.add_files {
-        layout::copy_into(root, &af.value.src, &af.value.dest)
-            .with_context(|| format!("{}: key `add-files`", af.origin))?;
-    }
-    for r in &layer.remove_files {
-        layout::remove_path(root, &r.value)
-            .with_context(|| format!("{}: key `remove-files`", r.origin))?;
-    }
-    for u in &layer.units {
-        in_tree(chroot(root_path), epoch)
-            .args(["systemctl", "enable", &u.value])
-            .run()
-            .with_context(|| format!("{}: key `units`: enabling {}", u.origin, u.value))?;
-    }
-    if let Some(n) = layer.node_agent.as_ref().filter(|n| n.value.0) {
-        install_node_agent(root_path, root, epoch)
-            .with_context(|| format!("{}: key `node-agent`", n.origin))?;
     }
     Ok(())
 }

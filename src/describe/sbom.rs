@@ -108,8 +108,55 @@ fn uuid_for(id: &str) -> uuid::Uuid {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes())
 }
 
-/// SPDX 2.3 JSON.
+/// SPDX 2.3 JSON: the operating system, the distribution it descends from, and every package
+/// it contains.
 pub fn spdx(s: &Subject) -> Value {
+    let mut packages = vec![spdx_os(s)];
+    let mut rels = vec![relationship("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-OS")];
+    if let Some(d) = s.distro {
+        packages.push(spdx_distro(d));
+        rels.push(relationship(
+            "SPDXRef-OS",
+            "DESCENDANT_OF",
+            "SPDXRef-Distro",
+        ));
+    }
+    for (i, p) in s.packages.iter().enumerate() {
+        let id = spdx_id(i, &p.name);
+        packages.push(spdx_package(s, &id, p));
+        rels.push(relationship("SPDXRef-OS", "CONTAINS", &id));
+    }
+    let mut doc = json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{} {}", s.ref_, s.version),
+        "documentNamespace": format!("urn:uuid:{}", uuid_for(s.commit.unwrap_or(s.id))),
+        "creationInfo": {
+            "created": rfc3339(s.created),
+            "creators": [format!("Tool: cairn-{}", env!("CARGO_PKG_VERSION"))],
+        },
+        "packages": packages,
+        "relationships": rels,
+    });
+    let refs = s.license_refs();
+    if !refs.is_empty() {
+        doc["hasExtractedLicensingInfos"] = refs.iter().map(|r| extracted_license(r)).collect();
+    }
+    doc
+}
+
+/// An SPDX relationship: `from` `kind` `to`.
+fn relationship(from: &str, kind: &str, to: &str) -> Value {
+    json!({
+        "spdxElementId": from,
+        "relationshipType": kind,
+        "relatedSpdxElement": to,
+    })
+}
+
+/// The operating system the document describes (naming its commit when there is one).
+fn spdx_os(s: &Subject) -> Value {
     let mut os = json!({
         "name": s.ref_,
         "SPDXID": "SPDXRef-OS",
@@ -128,96 +175,66 @@ pub fn spdx(s: &Subject) -> Value {
             "referenceLocator": c,
         }]);
     }
-    let mut packages = vec![os];
-    let mut rels = vec![json!({
-        "spdxElementId": "SPDXRef-DOCUMENT",
-        "relationshipType": "DESCRIBES",
-        "relatedSpdxElement": "SPDXRef-OS",
-    })];
-    if let Some(d) = s.distro {
-        packages.push(json!({
-            "name": d.id,
-            "SPDXID": "SPDXRef-Distro",
-            "versionInfo": d.version_id,
-            "primaryPackagePurpose": "OPERATING-SYSTEM",
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-        }));
-        rels.push(json!({
-            "spdxElementId": "SPDXRef-OS",
-            "relationshipType": "DESCENDANT_OF",
-            "relatedSpdxElement": "SPDXRef-Distro",
-        }));
-    }
-    for (i, p) in s.packages.iter().enumerate() {
-        let id = spdx_id(i, &p.name);
-        let mut pkg = json!({
-            "name": p.name,
-            "SPDXID": id,
-            "versionInfo": p.version,
-            "supplier": "Organization: Debian",
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": false,
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": s.license(&p.name).unwrap_or("NOASSERTION"),
-            "copyrightText": "NOASSERTION",
-            "externalRefs": [{
-                "referenceCategory": "PACKAGE-MANAGER",
-                "referenceType": "purl",
-                "referenceLocator": s.purl(p),
-            }],
-        });
-        if let Some(src) = s.info(&p.name).filter(|i| !i.source.is_empty()) {
-            pkg["sourceInfo"] = json!(format!(
-                "built from the Debian source package {}",
-                src.source
-            ));
-        }
-        if !p.sha256.is_empty() {
-            pkg["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": p.sha256 }]);
-        }
-        packages.push(pkg);
-        rels.push(json!({
-            "spdxElementId": "SPDXRef-OS",
-            "relationshipType": "CONTAINS",
-            "relatedSpdxElement": id,
-        }));
-    }
-    let mut doc = json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": format!("{} {}", s.ref_, s.version),
-        "documentNamespace": format!("urn:uuid:{}", uuid_for(s.commit.unwrap_or(s.id))),
-        "creationInfo": {
-            "created": rfc3339(s.created),
-            "creators": [format!("Tool: cairn-{}", env!("CARGO_PKG_VERSION"))],
-        },
-        "packages": packages,
-        "relationships": rels,
+    os
+}
+
+/// The distribution the operating system descends from.
+fn spdx_distro(d: &Distro) -> Value {
+    json!({
+        "name": d.id,
+        "SPDXID": "SPDXRef-Distro",
+        "versionInfo": d.version_id,
+        "primaryPackagePurpose": "OPERATING-SYSTEM",
+        "supplier": "Organization: Debian",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+    })
+}
+
+/// One package, as `id`: its license, purl, source package and digest as far as they are known.
+fn spdx_package(s: &Subject, id: &str, p: &Package) -> Value {
+    let mut pkg = json!({
+        "name": p.name,
+        "SPDXID": id,
+        "versionInfo": p.version,
+        "supplier": "Organization: Debian",
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": s.license(&p.name).unwrap_or("NOASSERTION"),
+        "copyrightText": "NOASSERTION",
+        "externalRefs": [{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": s.purl(p),
+        }],
     });
-    let refs = s.license_refs();
-    if !refs.is_empty() {
-        doc["hasExtractedLicensingInfos"] = refs
-            .iter()
-            .map(|r| {
-                let name = r.trim_start_matches("LicenseRef-");
-                json!({
-                    "licenseId": r,
-                    "name": name,
-                    "extractedText": format!(
-                        "The license Debian names \"{name}\" in the machine-readable \
-                         /usr/share/doc/PACKAGE/copyright of the packages that use it."
-                    ),
-                })
-            })
-            .collect();
+    if let Some(src) = s.info(&p.name).filter(|i| !i.source.is_empty()) {
+        pkg["sourceInfo"] = json!(format!(
+            "built from the Debian source package {}",
+            src.source
+        ));
     }
-    doc
+    if !p.sha256.is_empty() {
+        pkg["checksums"] = json!([{ "algorithm": "SHA256", "checksumValue": p.sha256 }]);
+    }
+    pkg
+}
+
+/// The declaration of a `LicenseRef-…` the packages use.
+fn extracted_license(r: &str) -> Value {
+    let name = r.trim_start_matches("LicenseRef-");
+    json!({
+        "licenseId": r,
+        "name": name,
+        "extractedText": format!(
+            "The license Debian names \"{name}\" in the machine-readable \
+             /usr/share/doc/PACKAGE/copyright of the packages that use it."
+        ),
+    })
 }
 
 /// CycloneDX 1.5 JSON.

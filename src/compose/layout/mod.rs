@@ -6,14 +6,17 @@
 //! The rules: kernel and initramfs in `/usr/lib/modules/$kver/`; `/etc` moved to `/usr/etc`; `/var`
 //! emptied, with a tmpfiles.d entry for every directory and symlink packages put there; the dpkg
 //! database kept at `/usr/lib/sysimage/dpkg`; `/home`, `/root`, `/opt`, `/srv`, `/mnt` as links
-//! into `/var`; no device nodes, machine-id, SSH host keys, apt lists, caches or logs.
+//! into `/var` (both in [`var`]); no device nodes, machine-id, SSH host keys, apt lists, caches or
+//! logs.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, MetadataExt, Permissions, PermissionsExt};
+use cap_std::fs::{Dir, Permissions, PermissionsExt};
 use cap_std_ext::dirext::CapStdExtDirExt;
+
+mod var;
 
 /// Where the dpkg database lives in the commit.
 pub const DPKG_DB: &str = "usr/lib/sysimage/dpkg";
@@ -86,8 +89,24 @@ fn remove_files_below(root: &Dir, path: &Path) -> Result<()> {
 
 /// Convert an installed root to OSTree's layout.
 pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
+    kernel_into_modules(root, kver)?;
+    drop_host_state(root)?;
+    dpkg_into_usr(root)?;
+    drop_caches_and_logs(root)?;
+    var::links_into_var(root)?;
+    var::as_tmpfiles(root)?;
+    // /etc → /usr/etc.
+    if root.exists("usr/etc") {
+        bail!("the tree already has /usr/etc; cannot move /etc there");
+    }
+    root.rename("etc", root, "usr/etc")?;
+    mount_points(root)?;
+    check_no_special_files(root, Path::new("."))
+}
+
+/// The kernel and initramfs in `/usr/lib/modules/$kver/`, nothing in `/boot`.
+fn kernel_into_modules(root: &Dir, kver: &str) -> Result<()> {
     let moddir = format!("usr/lib/modules/{kver}");
-    // Kernel and initramfs.
     let vmlinuz = format!("{moddir}/vmlinuz");
     if !root.exists(&vmlinuz) {
         root.rename(format!("boot/vmlinuz-{kver}"), root, &vmlinuz)
@@ -100,8 +119,12 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
     for l in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
         remove_any(root, l)?;
     }
+    Ok(())
+}
 
-    // Host-specific and non-reproducible state.
+/// Host-specific and non-reproducible state goes: machine-id, hostname, backups of the account
+/// files, SSH host keys (made on the node's first boot instead).
+fn drop_host_state(root: &Dir) -> Result<()> {
     for f in [
         "etc/machine-id",
         "var/lib/dbus/machine-id",
@@ -132,83 +155,50 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
             install_ssh_keygen(root)?;
         }
     }
+    Ok(())
+}
 
-    // The dpkg database moves under /usr; everything else in /var becomes tmpfiles.d entries.
-    if root.exists("var/lib/dpkg") {
-        root.create_dir_all("usr/lib/sysimage")?;
-        remove_any(root, DPKG_DB)?;
-        root.rename("var/lib/dpkg", root, DPKG_DB)?;
-        // Drop dpkg's backup and lock files, which say nothing about the tree.
-        for f in [
-            "status-old",
-            "available-old",
-            "diversions-old",
-            "statoverride-old",
-            "lock",
-            "lock-frontend",
-            "triggers/Lock",
-        ] {
-            remove_any(root, &format!("{DPKG_DB}/{f}"))?;
-        }
+/// The dpkg database moves under /usr, without dpkg's backup and lock files.
+fn dpkg_into_usr(root: &Dir) -> Result<()> {
+    if !root.exists("var/lib/dpkg") {
+        return Ok(());
     }
+    root.create_dir_all("usr/lib/sysimage")?;
+    remove_any(root, DPKG_DB)?;
+    root.rename("var/lib/dpkg", root, DPKG_DB)?;
+    // They say nothing about the tree.
+    for f in [
+        "status-old",
+        "available-old",
+        "diversions-old",
+        "statoverride-old",
+        "lock",
+        "lock-frontend",
+        "triggers/Lock",
+    ] {
+        remove_any(root, &format!("{DPKG_DB}/{f}"))?;
+    }
+    Ok(())
+}
+
+/// apt's lists, /var/tmp, logs and caches go, but not the directories packages made for them
+/// (nginx does not start without /var/log/nginx): they become tmpfiles.d entries like the rest
+/// of /var.
+fn drop_caches_and_logs(root: &Dir) -> Result<()> {
     for d in ["var/lib/apt/lists", "var/tmp"] {
         empty_dir(root, d)?;
     }
-    // Logs and caches go, but not the directories packages made for them (nginx does not start
-    // without /var/log/nginx): they become tmpfiles.d entries like the rest of /var.
     for d in ["var/cache", "var/log"] {
         remove_files_below(root, Path::new(d))?;
     }
-    // /home, /root, /opt, /srv and /mnt become links into /var; what packages or `useradd`
-    // put there moves along, so that its directories are recreated at boot like the rest of /var.
-    const INTO_VAR: [(&str, &str, u32); 5] = [
-        ("home", "var/home", 0o755),
-        ("root", "var/roothome", 0o700),
-        ("opt", "var/opt", 0o755),
-        ("srv", "var/srv", 0o755),
-        ("mnt", "var/mnt", 0o755),
-    ];
-    for (link, target, mode) in INTO_VAR {
-        match root.symlink_metadata(link) {
-            Ok(m) if m.is_dir() && !root.exists(target) => {
-                root.rename(link, root, target)
-                    .with_context(|| format!("moving /{link} to /{target}"))?;
-            }
-            Ok(_) => remove_any(root, link)?,
-            Err(_) => {}
-        }
-        if !root.exists(target) {
-            root.create_dir_all(target)?;
-            root.set_permissions(target, Permissions::from_mode(mode))?;
-        }
-        root.symlink(target, link)?;
-    }
-    rewrite_tmpfiles(root, &INTO_VAR.map(|(l, t, _)| (l, t)))?;
-    let mut entries = Vec::new();
-    walk_var(root, Path::new("var"), &mut entries)?;
-    entries.push("L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg".to_string());
+    Ok(())
+}
+
+/// API filesystems and mount points: empty, `/tmp` sticky, `/media` a link into `/run`,
+/// `/sysroot` and the `/ostree` link into it.
+fn mount_points(root: &Dir) -> Result<()> {
     remove_any(root, "media")?;
     root.symlink("run/media", "media")?;
-    entries.sort();
-    entries.dedup();
-    remove_any(root, "var")?;
-    root.create_dir_all("var")?;
-    let mut conf =
-        String::from("# Made by cairn compose: what packages put into /var, recreated at boot.\n");
-    for e in &entries {
-        conf.push_str(e);
-        conf.push('\n');
-    }
-    root.create_dir_all("usr/lib/tmpfiles.d")?;
-    root.write(VAR_TMPFILES, conf)?;
-
-    // /etc → /usr/etc.
-    if root.exists("usr/etc") {
-        bail!("the tree already has /usr/etc; cannot move /etc there");
-    }
-    root.rename("etc", root, "usr/etc")?;
-
-    // API filesystems and mount points.
     for d in ["dev", "proc", "sys", "run", "tmp"] {
         empty_dir(root, d)?;
         root.create_dir_all(d)?;
@@ -217,85 +207,6 @@ pub fn to_ostree(root: &Dir, kver: &str) -> Result<()> {
     root.create_dir_all("sysroot")?;
     remove_any(root, "ostree")?;
     root.symlink("sysroot/ostree", "ostree")?;
-    check_no_special_files(root, Path::new("."))?;
-    Ok(())
-}
-
-/// Packages' tmpfiles.d entries for `/home`, `/root`, `/srv`, … now name links: point them at
-/// the directories in `/var` the links lead to (so `/root/.ssh` becomes `/var/roothome/.ssh`),
-/// instead of letting systemd-tmpfiles fail on "already exists and is not a directory".
-fn rewrite_tmpfiles(root: &Dir, moved: &[(&str, &str)]) -> Result<()> {
-    let dir = "usr/lib/tmpfiles.d";
-    let Ok(entries) = root.read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".conf") || format!("{dir}/{name}") == VAR_TMPFILES {
-            continue;
-        }
-        let path = format!("{dir}/{name}");
-        if !root.symlink_metadata(&path)?.is_file() {
-            continue;
-        }
-        let text = root.read_to_string(&path)?;
-        let out = rewrite_tmpfiles_text(&text, moved);
-        if out != text {
-            root.atomic_write(&path, out)
-                .with_context(|| format!("rewriting /{path}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn rewrite_tmpfiles_text(text: &str, moved: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let rewritten = match (fields.next(), fields.next()) {
-            (Some(kind), Some(path)) if !kind.starts_with('#') => {
-                moved.iter().find_map(|(link, target)| {
-                    let link = format!("/{link}");
-                    let rest = path.strip_prefix(&link)?;
-                    (rest.is_empty() || rest.starts_with('/')).then(|| {
-                        let at = line.find(path).unwrap_or(0);
-                        format!("{}/{target}{rest}{}", &line[..at], &line[at + path.len()..])
-                    })
-                })
-            }
-            _ => None,
-        };
-        out.push_str(rewritten.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// Record `/var` as tmpfiles.d lines: directories (with owner and mode) and symlinks.
-fn walk_var(root: &Dir, rel: &Path, out: &mut Vec<String>) -> Result<()> {
-    for e in root.read_dir(rel)? {
-        let e = e?;
-        let path = rel.join(e.file_name());
-        let m = root.symlink_metadata(&path)?;
-        let p = format!("/{}", path.display());
-        if p == "/var/lib/dpkg" {
-            continue;
-        }
-        if m.is_symlink() {
-            let target = root.read_link_contents(&path)?;
-            out.push(format!("L {p} - - - - {}", target.display()));
-        } else if m.is_dir() {
-            out.push(format!(
-                "d {p} {:04o} {} {} - -",
-                m.mode() & 0o7777,
-                m.uid(),
-                m.gid()
-            ));
-            walk_var(root, &path, out)?;
-        } else {
-            tracing::debug!("dropping {p} from /var (packages' /var content is not kept)");
-        }
-    }
     Ok(())
 }
 
@@ -510,32 +421,6 @@ mod tests {
         );
         assert!(!tmpfiles.contains("history.log"));
         assert!(!r.join("vmlinuz").exists());
-    }
-
-    #[test]
-    fn tmpfiles_entries_follow_the_moved_directories() {
-        let moved = [
-            ("home", "var/home"),
-            ("root", "var/roothome"),
-            ("srv", "var/srv"),
-        ];
-        let text = "# c\nQ /home 0755 - - -\nq /srv 0755 - - -\nd- /root/.ssh :0700 root :root -\nd /homework 0755\nL /var/x - - - - /root\n";
-        let out = rewrite_tmpfiles_text(text, &moved);
-        assert!(out.contains("Q /var/home 0755 - - -"), "{out}");
-        assert!(out.contains("q /var/srv 0755"), "{out}");
-        assert!(
-            out.contains("d- /var/roothome/.ssh :0700 root :root -"),
-            "{out}"
-        );
-        assert!(
-            out.contains("d /homework 0755"),
-            "only whole path components: {out}"
-        );
-        assert!(
-            out.contains("L /var/x - - - - /root"),
-            "arguments are left alone: {out}"
-        );
-        assert!(out.starts_with("# c\n"));
     }
 
     #[test]
