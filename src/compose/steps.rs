@@ -234,7 +234,7 @@ pub(super) fn commit(ctx: &Ctx, tree: Tree, built: Built) -> Result<ComposeResul
             },
         },
     )?;
-    ph.done(&checksum[..12]);
+    ph.done(crate::base::text::short_hash(&checksum));
     noop::IndexNote::write(
         &ctx.opts.repo,
         &ctx.tf.ref_,
