@@ -63,7 +63,7 @@ pub(super) fn checkout_parent(ctx: &Ctx) -> Result<Start> {
     let checked_out_at = store::checkout(&r, parent, &root)?;
     layout::from_ostree(&layout::open_root(&root)?)?;
     let packages = store::load_commit(&r, parent)?.meta.packages;
-    ph.done(&format!("from {}", crate::base::text::short_hash(&parent)));
+    ph.done(&format!("from {}", crate::base::text::short_hash(parent)));
     Ok(Start::Parent(Checkout {
         work,
         root,
