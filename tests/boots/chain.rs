@@ -8,10 +8,22 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// A step: its name (the test's) and what it does to the world; a panic fails it.
+/// What a step does to the world; a panic fails it.
+pub type Run<W> = Box<dyn Fn(&mut W) + Send + Sync>;
+
+/// A step: its name (the test's) and what it does.
 pub struct Step<W> {
-    pub name: &'static str,
-    pub run: fn(&mut W),
+    pub name: String,
+    pub run: Run<W>,
+}
+
+impl<W> Step<W> {
+    pub fn new(name: impl Into<String>, run: impl Fn(&mut W) + Send + Sync + 'static) -> Self {
+        Step {
+            name: name.into(),
+            run: Box::new(run),
+        }
+    }
 }
 
 struct State<W> {
@@ -68,7 +80,7 @@ impl<W: Send + 'static> Chain<W> {
             let started = Instant::now();
             eprintln!("[{}] {} ...", self.name, self.steps[j].name);
             let make = self.make;
-            let run = self.steps[j].run;
+            let run = &self.steps[j].run;
             let world = &mut st.world;
             let r = catch_unwind(AssertUnwindSafe(|| run(world.get_or_insert_with(make))));
             let r = r.map_err(|p| {
@@ -92,6 +104,8 @@ impl<W: Send + 'static> Chain<W> {
         if st.done.iter().all(Option::is_some) {
             st.world = None;
         }
-        st.done[i].clone().unwrap_or_else(|| Err("internal: not run".into()))
+        st.done[i]
+            .clone()
+            .unwrap_or_else(|| Err("internal: not run".into()))
     }
 }

@@ -1,23 +1,52 @@
 //! Fleet rollouts end to end through the qemu provider: three nodes of the app-example image
-//! behind HAProxy on loopback, a bounded load through HAProxy for the whole test that counts
-//! every failed request, and the operator's commands:
-//!
-//! 1. in place, v1 → v2 with `max-unavailable = 1`; a second `rollout start` while it runs is
-//!    refused naming the holder; the orchestrator is killed with SIGKILL mid-rollout and resumed;
-//! 2. replace, v2 → v3 with `max-surge = 1`: every node new, on v3, the old ones gone;
-//! 3. a v4 whose health check fails: the first node rolls itself back, the rollout halts, no
-//!    other node is touched, `status` names the node and the reason;
-//! 4. a node whose VM is killed during its batch: the rollout halts and names it, the others
-//!    keep serving.
-//!
-//! Zero failed requests throughout. Needs root, the build host's apt sources, QEMU, HAProxy and
-//! gpg (.ci/deps installs them).
+//! behind HAProxy on loopback, a bounded load through HAProxy for the whole chain that counts
+//! every failed request, a watch on how many nodes serve, and the operator's commands. Each
+//! step is a named test on the one fleet (see `chain.rs`); together they prove zero failed
+//! requests and never fewer than `nodes − max-unavailable` serving. Needs root, the build
+//! host's apt sources, QEMU, HAProxy and gpg (.ci/deps installs them).
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::fleet_world::{ok, text, World};
+use super::chain::Step;
+use super::fleet_world::{ok, text, Serving, World};
 use cairn::fleet::load::{Load, LoadOpts};
 use serde_json::Value;
+
+/// The fleet's size and its policy's `max-unavailable` (fleet_world.rs writes them).
+const NODES: usize = 3;
+const MAX_UNAVAILABLE: usize = 1;
+
+pub fn steps() -> Vec<Step<World>> {
+    vec![
+        Step::new("comes_up_behind_haproxy_and_serves", comes_up),
+        Step::new(
+            "a_second_rollout_is_refused_naming_the_holder",
+            second_start_refused,
+        ),
+        Step::new(
+            "an_in_place_rollout_killed_mid_batch_resumes_to_done",
+            in_place_resumes,
+        ),
+        Step::new(
+            "a_replace_rollout_killed_at_each_step_resumes_to_done",
+            replace_resumes,
+        ),
+        Step::new(
+            "an_unhealthy_commit_halts_the_rollout_at_its_first_node",
+            unhealthy_halts,
+        ),
+        Step::new(
+            "a_node_lost_mid_batch_halts_the_rollout_naming_it",
+            lost_node_halts,
+        ),
+        Step::new(
+            "no_request_failed_and_enough_nodes_served_throughout",
+            no_request_failed,
+        ),
+    ]
+}
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
@@ -27,7 +56,8 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn steps(r: &Value) -> Vec<(String, String, String)> {
+/// Each node's (name, step, version) in the rollout's state.
+fn steps_of(r: &Value) -> Vec<(String, String, String)> {
     r["nodes"]
         .as_array()
         .map(|a| {
@@ -44,57 +74,58 @@ fn steps(r: &Value) -> Vec<(String, String, String)> {
         .unwrap_or_default()
 }
 
-#[test]
-fn rollouts_keep_every_request() {
-    let started = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("cairn-fleet-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let mut w = World::new(work.path());
-    let t = |what: &str| eprintln!("[{:7.1} s] {what}", started.elapsed().as_secs_f64());
+fn version(v: &Value) -> String {
+    v["version"].as_str().unwrap().to_string()
+}
 
-    // v1 and its image; the fleet comes up from it.
+/// v1 composed and imaged; the fleet comes up from it; the load and the watch start.
+fn comes_up(w: &mut World) {
     let v1 = w.compose("v1", &World::app_lines(&[], &[]));
+    w.versions.push(v1);
     w.image();
-    t("v1 composed and imaged");
     ok(
         "fleet up",
         w.cairn(&["fleet", "up", w.fleet.to_str().unwrap()]),
     );
     w.up = true;
-    t("fleet up");
-    let load = Load::start(&LoadOpts {
+    w.load = Some(Load::start(&LoadOpts {
         url: w.url(),
         workers: 2,
         interval: Duration::from_millis(100),
         timeout: Duration::from_secs(10),
-    });
+    }));
+    w.serving = Some(Serving::watch(w.fleets.join("it/haproxy")));
+    let out = ureq::get(&w.url()).call().expect("the service answers");
+    assert_eq!(out.status(), 200);
+}
 
-    // 1. In place to v2, killed mid-way and resumed; a second start is refused meanwhile.
+/// In place to v2: while the first rollout runs, a second `start` is refused naming it.
+fn second_start_refused(w: &mut World) {
     let v2 = w.compose("v2", &World::app_lines(&["hello"], &[]));
-    let fleet = w.fleet.to_str().unwrap().to_string();
-    let mut first = w
-        .start(&[])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    w.versions.push(v2);
+    let first = w.start(&[]).stderr(Stdio::null()).spawn().unwrap();
+    let pid = first.id();
+    w.running = Some(first);
     wait_for("the first node done", Duration::from_secs(1800), || {
-        steps(&w.rollout()).iter().any(|s| s.1 == "done")
+        steps_of(&w.rollout()).iter().any(|s| s.1 == "done")
     });
     let second = w.start(&[]).output().unwrap();
     assert!(!second.status.success());
     let err = text(&second.stderr);
     assert!(
-        err.contains("another rollout holds") && err.contains(&format!("pid {}", first.id())),
+        err.contains("another rollout holds") && err.contains(&format!("pid {pid}")),
         "{err}"
     );
-    // Kill it while the second node is out of service.
+}
+
+/// The first rollout, SIGKILLed while its second node is out of service, resumes to done.
+fn in_place_resumes(w: &mut World) {
+    let mut first = w.running.take().expect("the rollout of the step before");
     wait_for(
         "the second node in flight",
         Duration::from_secs(900),
         || {
-            steps(&w.rollout())
+            steps_of(&w.rollout())
                 .iter()
                 .filter(|s| !["pending", "done"].contains(&s.1.as_str()))
                 .count()
@@ -104,61 +135,106 @@ fn rollouts_keep_every_request() {
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let r = w.rollout();
-    let out: usize = steps(&r)
+    let out = steps_of(&r)
         .iter()
         .filter(|s| ["draining", "upgrading", "rebooting", "verifying"].contains(&s.1.as_str()))
         .count();
-    assert!(
-        out <= 1,
-        "more than max-unavailable out after the kill: {r}"
-    );
-    t("orchestrator killed");
+    assert!(out <= MAX_UNAVAILABLE, "more than max-unavailable out: {r}");
+    let fleet = w.fleet.to_str().unwrap().to_string();
     ok("rollout resume", w.cairn(&["rollout", "resume", &fleet]));
     let r = w.rollout();
     assert_eq!(r["phase"], "done", "{r}");
-    for (name, step, version) in steps(&r) {
-        assert_eq!(step, "done", "{name}");
-        assert_eq!(version, v2["version"].as_str().unwrap(), "{name}");
+    let v2 = version(&w.versions[1]);
+    for (name, step, v) in steps_of(&r) {
+        assert_eq!((step.as_str(), v.as_str()), ("done", v2.as_str()), "{name}");
     }
-    t("in place to v2");
+}
 
-    // 2. Replace to v3 from its image.
+/// Start `cairn rollout start … --strategy replace`, its progress lines readable.
+fn spawn_replace(w: &World) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let mut c = w
+        .start(&["--strategy", "replace"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(c.stderr.take().unwrap()).lines();
+    (c, lines)
+}
+
+/// Replace to v3 from its image, the orchestrator SIGKILLed once at each step of the strategy
+/// (a new node creating — while its VM boots —, joining, baking; an old node draining,
+/// removing) and started again with the same arguments each time.
+fn replace_resumes(w: &mut World) {
     let v3 = w.compose("v3", &World::app_lines(&["hello", "tree"], &[]));
     w.image();
-    let old: Vec<String> = steps(&w.rollout()).into_iter().map(|s| s.0).collect();
+    let old: Vec<String> = steps_of(&w.rollout()).into_iter().map(|s| s.0).collect();
+    let mut kills = vec!["creating", "joining", "baking", "draining", "removing"];
+    while !kills.is_empty() {
+        let (mut child, lines) = spawn_replace(w);
+        let mut hit = None;
+        for line in lines.map_while(Result::ok) {
+            eprintln!("replace: {line}");
+            let Some(k) = kills
+                .iter()
+                .position(|k| line.contains(&format!(": {k} (")))
+            else {
+                continue;
+            };
+            if kills[k] == "creating" {
+                // While the new node's VM boots, not before it starts.
+                std::thread::sleep(Duration::from_secs(20));
+            }
+            hit = Some(kills.remove(k));
+            break;
+        }
+        let Some(step) = hit else {
+            let st = child.wait().unwrap();
+            panic!(
+                "the rollout ended ({st}) before it reached {kills:?}: {}",
+                w.rollout()
+            );
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("replace: killed at {step}; starting it again");
+        let r = w.rollout();
+        assert_eq!(r["phase"], "running", "killed at {step}: {r}");
+    }
     ok(
-        "rollout replace",
+        "the last start of the replace rollout",
         w.start(&["--strategy", "replace"]).output().unwrap(),
     );
     let r = w.rollout();
-    let serving: Vec<(String, String, String)> =
-        steps(&r).into_iter().filter(|s| s.1 == "done").collect();
-    assert_eq!(serving.len(), 3, "{r}");
-    for (name, _, version) in &serving {
+    assert_eq!(r["phase"], "done", "{r}");
+    let serving: Vec<_> = steps_of(&r).into_iter().filter(|s| s.1 == "done").collect();
+    assert_eq!(serving.len(), NODES, "{r}");
+    for (name, _, v) in &serving {
         assert!(!old.contains(name), "{name} is an old node");
-        assert_eq!(version, v3["version"].as_str().unwrap());
+        assert_eq!(v, &version(&v3));
     }
-    assert!(steps(&r)
+    assert!(steps_of(&r)
         .iter()
         .filter(|s| old.contains(&s.0))
         .all(|s| s.1 == "removed"));
-    t("replace to v3");
+    w.versions.push(v3);
+}
 
-    // 3. A v4 whose health check fails: the first node rolls itself back; the rollout halts.
-    let fail = work.path().join("50-fail");
+/// A v4 whose health check fails: the first node rolls itself back; the rollout halts and no
+/// other node is touched; `status` names the node and the reason.
+fn unhealthy_halts(w: &mut World) {
+    let fail = w.dir.join("50-fail");
     std::fs::write(
         &fail,
         "#!/bin/sh\necho 'the v4 check fails on purpose' >&2\nexit 1\n",
     )
     .unwrap();
     std::fs::set_permissions(&fail, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let v4 = w.compose(
-        "v4",
-        &World::app_lines(
-            &["hello", "tree"],
-            &[(fail.as_path(), "/usr/lib/cairn/health.d/50-fail")],
-        ),
+    let lines = World::app_lines(
+        &["hello", "tree"],
+        &[(fail.as_path(), "/usr/lib/cairn/health.d/50-fail")],
     );
+    w.versions.push(w.compose("v4", &lines));
     let out = w.start(&[]).output().unwrap();
     assert!(
         !out.status.success(),
@@ -166,14 +242,15 @@ fn rollouts_keep_every_request() {
     );
     let r = w.rollout();
     assert_eq!(r["phase"], "halted", "{r}");
-    let s = steps(&r);
-    let failed: Vec<&(String, String, String)> = s.iter().filter(|x| x.1 == "failed").collect();
+    let s = steps_of(&r);
+    let failed: Vec<_> = s.iter().filter(|x| x.1 == "failed").collect();
     assert_eq!(failed.len(), 1, "{r}");
     assert_eq!(
         s.iter().filter(|x| x.1 == "pending").count(),
-        2,
+        NODES - 1,
         "no other node touched: {r}"
     );
+    let fleet = w.fleet.to_str().unwrap().to_string();
     let status = ok("rollout status", w.cairn(&["rollout", "status", &fleet]));
     assert!(
         status.contains(&failed[0].0)
@@ -181,28 +258,28 @@ fn rollouts_keep_every_request() {
             && status.contains("50-fail"),
         "{status}"
     );
-    let _ = v4;
-    t("v4 halted");
+}
 
-    // 4. A node lost during its batch: the rollout halts and names it.
-    let v5 = w.compose("v5", &World::app_lines(&["hello", "tree", "sl"], &[]));
-    let mut run = w
-        .start(&[])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+/// A node whose VM is killed while it reboots into v5: the rollout halts and names it.
+fn lost_node_halts(w: &mut World) {
+    w.versions
+        .push(w.compose("v5", &World::app_lines(&["hello", "tree", "sl"], &[])));
+    let mut run = w.start(&[]).stderr(Stdio::null()).spawn().unwrap();
     let mut victim = String::new();
-    wait_for("a node rebooting", Duration::from_secs(900), || {
-        if let Some(s) = steps(&w.rollout())
+    wait_for(
+        "a node rebooting",
+        Duration::from_secs(900),
+        || match steps_of(&w.rollout())
             .into_iter()
             .find(|s| s.1 == "rebooting" || s.1 == "verifying")
         {
-            victim = s.0;
-            true
-        } else {
-            false
-        }
-    });
+            Some(s) => {
+                victim = s.0;
+                true
+            }
+            None => false,
+        },
+    );
     let rec: Value =
         serde_json::from_str(&std::fs::read_to_string(w.fleets.join("it/fleet.json")).unwrap())
             .unwrap();
@@ -219,22 +296,34 @@ fn rollouts_keep_every_request() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let st = run.wait().unwrap();
-    assert!(!st.success());
+    assert!(!run.wait().unwrap().success());
     let r = w.rollout();
     assert_eq!(r["phase"], "halted", "{r}");
-    assert!(r["reason"].as_str().unwrap().contains(&victim), "{r}");
-    assert!(r["reason"].as_str().unwrap().contains("vanished"), "{r}");
-    let _ = v5;
-    t("lost node halted the rollout");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&victim) && reason.contains("vanished"),
+        "{r}"
+    );
+}
 
-    let report = load.stop();
+/// The load saw no failed request, and HAProxy never had fewer than `nodes − max-unavailable`
+/// nodes serving (the lost node of the step before was out of service when it died).
+fn no_request_failed(w: &mut World) {
+    let report = w.load.take().expect("the load of the first step").stop();
     eprintln!(
         "load: {} requests, {} failed {:?}, by page: {:?}, in {:.0} s",
         report.requests, report.failed, report.failures, report.bodies, report.seconds
     );
     assert!(report.requests > 100, "{report:?}");
     assert_eq!(report.failed, 0, "failed requests: {:?}", report.examples);
-    let _ = v1;
-    t("done");
+    let (fewest, lows) = w
+        .serving
+        .take()
+        .expect("the watch of the first step")
+        .stop();
+    eprintln!("serving: at fewest {fewest}: {lows:?}");
+    assert!(
+        fewest >= NODES - MAX_UNAVAILABLE,
+        "only {fewest} nodes served at one point: {lows:?}"
+    );
 }

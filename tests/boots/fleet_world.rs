@@ -1,11 +1,16 @@
-//! The world `fleet.rs` runs in: a signing key, versions of the app-example layer composed
-//! to its ref, the image and fleet manifests pointing at them, and the `cairn` commands the
-//! operator would type. Everything lives in one temporary directory; the fleet's VMs and
-//! HAProxy are brought down on drop, also when a step panics.
+//! The world `fleet.rs` runs in: the shared release key and blessed commits, versions of the
+//! app-example layer composed to its ref, the image and fleet manifests pointing at them, the
+//! `cairn` commands the operator would type, a load through HAProxy and a watch on how many
+//! nodes serve. The fleet's VMs and HAProxy are brought down on drop, also when a step fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use cairn::fleet::haproxy::Haproxy;
+use cairn::fleet::load::Load;
 use serde_json::Value;
 
 pub use super::release_world::{bin, ok, text};
@@ -31,42 +36,41 @@ pub struct World {
     pub image_manifest: PathBuf,
     pub lb_port: u16,
     pub up: bool,
+    /// The load through HAProxy, from the fleet's coming up to the last scenario.
+    pub load: Option<Load>,
+    /// The fewest nodes HAProxy saw serving, from the fleet's coming up on.
+    pub serving: Option<Serving>,
+    /// A rollout running in the background between two steps, and the commits composed.
+    pub running: Option<Child>,
+    pub versions: Vec<Value>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
+        if let Some(mut c) = self.running.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if self.up {
             let _ = self.cairn(&["fleet", "down", self.fleet.to_str().unwrap()]);
         }
-        let _ = Command::new("gpgconf")
-            .arg("--homedir")
-            .arg(&self.gnupg)
-            .args(["--kill", "gpg-agent"])
-            .status();
     }
 }
 
 /// The app-example layer's files, by absolute path (variants of it live in the test's directory).
 fn shipped(p: &str) -> String {
-    std::path::absolute(p).unwrap().display().to_string()
+    super::shared::shipped(p).display().to_string()
 }
 
 impl World {
-    pub fn new(dir: &Path) -> World {
-        // A short GPG home: gpg-agent's socket path must stay short.
-        let keys = PathBuf::from(format!("/tmp/cairn-fleet-gpg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&keys);
-        let out = Command::new(bin())
-            .args(["key", "new", "--json", "--name", "cairn fleet test"])
-            .arg(&keys)
-            .output()
-            .unwrap();
-        let k: Value = serde_json::from_str(&ok("key new", out)).unwrap();
-        let fingerprint = k["fingerprint"].as_str().unwrap().to_string();
-        let public_key = PathBuf::from(k["public_key"].as_str().unwrap());
-        let homedir = PathBuf::from(k["homedir"].as_str().unwrap());
+    /// The fleet's world in the shared one: its repo starts with the shared blessed commits.
+    pub fn new() -> World {
+        let sh = super::shared::get();
+        let blessed = sh.blessed();
+        let dir = sh.dir.join("fleet");
         let repo_port = port();
         let lb_port = port();
+        std::fs::create_dir_all(&dir).unwrap();
         let image_manifest = dir.join("app.toml");
         std::fs::write(
             &image_manifest,
@@ -78,7 +82,7 @@ impl World {
                  firmware = [\"bios\"]\nformats = [\"qcow2\"]\nprovisioning = \"nocloud\"\n\
                  remote-url = \"http://10.0.2.2:{repo_port}/\"\n\
                  remote-gpg-key-file = \"{}\"\n",
-                public_key.display()
+                sh.public.display()
             ),
         )
         .unwrap();
@@ -97,17 +101,21 @@ impl World {
         )
         .unwrap();
         World {
-            repo: dir.join("repo"),
+            repo: blessed.fleet_repo.clone(),
             cache: dir.join("cache"),
             images: dir.join("images"),
             fleets: dir.join("fleets"),
-            dir: dir.to_path_buf(),
-            gnupg: homedir,
-            fingerprint,
+            dir,
+            gnupg: sh.key.clone(),
+            fingerprint: sh.fpr.clone(),
             fleet,
             image_manifest,
             lb_port,
             up: false,
+            load: None,
+            serving: None,
+            running: None,
+            versions: Vec::new(),
         }
     }
 
@@ -226,5 +234,64 @@ impl World {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/", self.lb_port)
+    }
+}
+
+/// How many of the fleet's nodes HAProxy sees serving (`UP`), sampled twice a second: the
+/// fewest seen, and when.
+pub struct Serving {
+    stop: Arc<AtomicBool>,
+    fewest: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Serving {
+    pub fn watch(haproxy_dir: PathBuf) -> Serving {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fewest = Arc::new(AtomicUsize::new(usize::MAX));
+        let (s, f) = (Arc::clone(&stop), Arc::clone(&fewest));
+        let thread = std::thread::spawn(move || {
+            let lb = Haproxy { dir: haproxy_dir };
+            let mut lows = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(servers) = lb.servers() {
+                    let up = servers
+                        .iter()
+                        .filter(|x| x.status.starts_with("UP"))
+                        .count();
+                    if up < f.load(Ordering::Relaxed) {
+                        f.store(up, Ordering::Relaxed);
+                        let states: Vec<String> = servers
+                            .iter()
+                            .map(|x| format!("{} {}", x.name, x.status))
+                            .collect();
+                        lows.push(format!("{up} serving: {}", states.join(", ")));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            lows
+        });
+        Serving {
+            stop,
+            fewest,
+            thread: Some(thread),
+        }
+    }
+
+    /// The fewest seen so far.
+    pub fn fewest(&self) -> usize {
+        self.fewest.load(Ordering::Relaxed)
+    }
+
+    /// Stop watching; the fewest, and what HAProxy showed each time a new low was seen.
+    pub fn stop(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let lows = self
+            .thread
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        (self.fewest(), lows)
     }
 }

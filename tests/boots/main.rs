@@ -1,9 +1,12 @@
-//! The boot tests, in one test binary so that libtest runs them side by side: each spends most
-//! of its time waiting on its own VMs (TCG boots, reboots, health checks, bake times), and
-//! together they take little more than the longer one alone, which keeps `.ci/run` inside its
-//! budget on a 2-core machine.
+//! The boot tests, in one test binary whose chains run side by side: each chain is one shared,
+//! booted world (a fleet, two vm-test VMs) and a list of named steps on it (`chain.rs`), and
+//! each spends most of its time waiting on its own VMs (TCG boots, reboots, health checks, bake
+//! times), so together they take little more than the longer one alone, which keeps `.ci/run`
+//! inside its budget on a 2-core machine. The blessed host is composed once for both
+//! (`shared.rs`).
 //!
-//! - [`vmtest`]: the spine and the node's life through `cairn vm-test` (the base and node suites);
+//! - [`vmtest`]: the spine and the node's life through `cairn vm-test` (the base and node
+//!   suites), one named test per case;
 //! - [`fleet`]: rollouts across three nodes behind HAProxy under a load that counts every
 //!   failed request.
 //!
@@ -14,6 +17,22 @@
 #[path = "../release_world/mod.rs"]
 mod release_world;
 
+mod chain;
 mod fleet;
 mod fleet_world;
+mod shared;
 mod vmtest;
+
+fn main() -> std::process::ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    let mut trials = chain::Chain::new("vmtest", vmtest::VmWorld::new, vmtest::steps()).trials();
+    trials.extend(chain::Chain::new("fleet", fleet_world::World::new, fleet::steps()).trials());
+    // Every trial at once: a trial waits for the steps before it on its chain's lock, and the
+    // chains run side by side.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(trials.len());
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    shared::Shared::cleanup();
+    conclusion.exit_code()
+}

@@ -155,11 +155,16 @@ impl Ctx<'_> {
             let node = n.clone();
             (s.clone(), node)
         };
-        self.store.save(&r)?;
-        (self.on_step)(&r, &node);
+        self.persist(&r, &node)
+    }
+
+    /// Save the state after `node` changed: the store, the progress line, the audit log.
+    fn persist(&self, r: &Rollout, node: &Node) -> Result<()> {
+        self.store.save(r)?;
+        (self.on_step)(r, node);
         let mut e = Entry::new("rollout", Some(&r.to_ref))
             .with("fleet", &r.fleet)
-            .with("node", name)
+            .with("node", &node.name)
             .with("step", node.step.word());
         if let NodeStep::Failed { reason, .. } = &node.step {
             e = e.with("reason", reason);
@@ -175,22 +180,22 @@ impl Ctx<'_> {
 
     /// Record a new node about to be made (before it is, so that a resumed rollout knows of it).
     fn add_new(&self, name: &str) -> Result<()> {
-        let r = {
+        let (r, node) = {
             let mut s = self.locked()?;
-            let (commit, version) = (s.to_commit.clone(), s.to_version.clone());
-            s.nodes.push(Node {
+            let node = Node {
                 name: name.to_string(),
                 role: Role::New,
                 step: NodeStep::Creating,
                 from_commit: String::new(),
                 from_version: String::new(),
-                commit,
-                version,
+                commit: s.to_commit.clone(),
+                version: s.to_version.clone(),
                 health: Health::Unknown,
-            });
-            s.clone()
+            };
+            s.nodes.push(node.clone());
+            (s.clone(), node)
         };
-        self.store.save(&r)
+        self.persist(&r, &node)
     }
 
     fn set_phase(&self, f: impl FnOnce(&mut Rollout)) -> Result<Rollout> {
