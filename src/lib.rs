@@ -8,29 +8,42 @@
 //!   sizes, `Package`, `Firmware`);
 //! - [`store`]: the OSTree layer (the repo, typed commit metadata, sysroot deployments, serving
 //!   the repo over HTTP);
-//! - [`treefile`] → [`compose`]: what goes into a host, and the commit made of it;
 //! - [`describe`]: what a commit holds (SBOMs, package diffs);
-//! - [`image`]: a commit → disk images, from an image manifest;
-//! - [`vm`] → [`vmtest`]: booting images under QEMU, and boot tests;
-//! - [`pipeline`]: the compose-then-image job that `build`, `vm-test --build` and later rollouts
-//!   call;
 //! - [`release`]: signing, serving with static deltas, promotion, pruning, end of life and the
 //!   audit log, for the commits compose makes;
 //! - [`node`]: on a host booted from a cairn image, upgrades, rebases and rollbacks from its
-//!   signed remote, and the automatic rollback of a deployment that is not healthy;
+//!   signed remote, the automatic rollback of a deployment that is not healthy, and the typed
+//!   status a fleet reads ([`node::api`]);
+//! - [`treefile`] → [`compose`]: what goes into a host, and the commit made of it;
+//! - [`image`]: a commit → disk images, from an image manifest;
+//! - [`vm`] → [`vmtest`]: booting images under QEMU, and boot tests;
 //! - [`fleet`]: rollouts of a commit across a fleet behind a load balancer;
+//! - [`pipeline`]: the compose-then-image job that `build` and `vm-test --build` call;
 //! - [`cli`]: the command line (the binary only parses and dispatches).
 
+// One stage per group, in the order of docs/architecture.md (a module uses only those above it).
 pub mod base;
-pub mod cli;
-pub mod compose;
-pub mod describe;
-pub mod fleet;
-pub mod image;
-pub mod node;
-pub mod pipeline;
-pub mod release;
+
 pub mod store;
+
+pub mod describe;
+
+pub mod release;
+
+pub mod node;
+
 pub mod treefile;
+
+pub mod compose;
+
+pub mod image;
+
 pub mod vm;
+
 pub mod vmtest;
+
+pub mod fleet;
+
+pub mod pipeline;
+
+pub mod cli;
