@@ -314,7 +314,17 @@ fn drive(ctx: &Ctx, s: &dyn Strategy, name: &str) -> Result<()> {
                 node.step.word(),
                 r.strategy.as_str()
             ),
-            act => steps::run(ctx, &r, name, act, deadline)?,
+            act => {
+                // A step that failed on a machine that is gone failed because it is gone.
+                let gone_counts = !matches!(act, Act::Create | Act::Remove);
+                if let Err(e) = steps::run(ctx, &r, name, act, deadline) {
+                    if gone_counts && !ctx.alive(name) {
+                        tracing::warn!("{name}: {e:#}");
+                        return Err(NodeFailure::Vanished { node: name.into() }.into());
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
 }
