@@ -78,7 +78,7 @@ impl World {
                 "name = \"fleet-app\"\nref = \"cairn/amd64/app-example\"\nosname = \"cairn\"\n\
                  kernel-arguments = [\"console=ttyS0,115200n8\", \"panic=10\", \"rd.shell=0\", \"rd.emergency=reboot\", \
                  \"rd.modules-load=virtio_pci,virtio_blk,virtio_scsi\"]\n\
-                 trial-boots = 1\nhealth-deadline = \"5m\"\nsize = \"4G\"\n\
+                 trial-boots = 1\nhealth-deadline = \"10m\"\nsize = \"4G\"\n\
                  firmware = [\"bios\"]\nformats = [\"qcow2\"]\nprovisioning = \"nocloud\"\n\
                  remote-url = \"http://10.0.2.2:{repo_port}/\"\n\
                  remote-gpg-key-file = \"{}\"\n",
@@ -91,7 +91,7 @@ impl World {
             &fleet,
             format!(
                 "name = \"it\"\n\
-                 [provider]\ntype = \"qemu\"\nimage = \"app.toml\"\nnodes = 3\nmemory = \"1024M\"\n\
+                 [provider]\ntype = \"qemu\"\nimage = \"app.toml\"\nnodes = 2\nmemory = \"1024M\"\n\
                  [service]\nport = 80\nhealthy-threshold = 2\n\
                  [load-balancer]\nlisten = \"127.0.0.1:{lb_port}\"\n\
                  [repo]\nlisten = \"127.0.0.1:{repo_port}\"\n\
