@@ -15,7 +15,7 @@ use super::World;
 const KILLED_REF: &str = "test/killed";
 
 /// The files the layer's second version adds, one object each.
-const FILES: usize = 30_000;
+const FILES: usize = 10_000;
 
 /// Objects the killed commit stages before the kill: a tenth of them.
 const STAGED: usize = FILES / 10;
