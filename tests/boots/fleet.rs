@@ -1,7 +1,7 @@
 //! Fleet rollouts end to end through the qemu provider: two nodes of the app-example image
 //! behind HAProxy on loopback, a bounded load through HAProxy for the whole chain that counts
 //! every failed request, a watch on how many nodes serve, and the operator's commands. Each
-//! step is a named test on the one fleet (see `chain.rs`); together they prove zero failed
+//! step is a named test on the one fleet (see `../chain`); together they prove zero failed
 //! requests and never fewer than `nodes − max-unavailable` serving. Needs root, the build
 //! host's apt sources, QEMU, HAProxy and gpg (.ci/deps installs them).
 

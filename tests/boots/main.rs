@@ -1,5 +1,5 @@
 //! The boot tests, in one test binary whose chains run side by side: each chain is one shared,
-//! booted world (a fleet, two vm-test VMs) and a list of named steps on it (`chain.rs`), and
+//! booted world (a fleet, two vm-test VMs) and a list of named steps on it (`../chain`), and
 //! each spends most of its time waiting on its own VMs (TCG boots, reboots, health checks, bake
 //! times), so together they take little more than the longer one alone, which keeps `.ci/run`
 //! inside its budget on a 2-core machine. The blessed host is composed once for both
@@ -12,11 +12,12 @@
 //!
 //! Both need root, the build host's apt sources, QEMU, OVMF, HAProxy and gpg (`.ci/deps`).
 
-// Shared with tests/release.rs, which uses parts the boot tests do not.
+// Shared with tests/release, which uses parts the boot tests do not.
 #[allow(dead_code)]
 #[path = "../release_world/mod.rs"]
 mod release_world;
 
+#[path = "../chain/mod.rs"]
 mod chain;
 mod fleet;
 mod fleet_world;
@@ -24,15 +25,9 @@ mod shared;
 mod vmtest;
 
 fn main() -> std::process::ExitCode {
-    let mut args = libtest_mimic::Arguments::from_args();
     let mut trials = chain::Chain::new("vmtest", vmtest::VmWorld::new, vmtest::steps()).trials();
     trials.extend(chain::Chain::new("fleet", fleet_world::World::new, fleet::steps()).trials());
-    // Every trial at once: a trial waits for the steps before it on its chain's lock, and the
-    // chains run side by side.
-    if args.test_threads.is_none() {
-        args.test_threads = Some(trials.len());
-    }
-    let conclusion = libtest_mimic::run(&args, trials);
+    let code = chain::run(trials);
     shared::Shared::cleanup();
-    conclusion.exit_code()
+    code
 }

@@ -1,5 +1,6 @@
-//! The world `tests/release.rs` runs in: the repo, its keys, the server it starts, client repos
-//! made with the `ostree` CLI, and what a refused command must leave alone.
+//! The world `tests/release` runs in (the boot tests build on it too): the repo, its keys, the
+//! server it starts, client repos made with the `ostree` CLI, and what a refused command must
+//! leave alone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

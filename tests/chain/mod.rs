@@ -1,12 +1,35 @@
-//! Named tests over one shared, booted world: a chain is a list of steps, each one behaviour
-//! with its own test name, run in order on one world (a fleet, a VM) that the earlier steps
-//! built. Every step is a trial of its own; a trial runs the steps before it that have not run
-//! yet (so `cargo test --test boots NAME` works alone), and a step after a failed one fails
-//! naming the step that failed first. Chains run side by side: each mostly waits on its own VMs.
+//! Named tests over one shared world: a chain is a list of steps, each one behaviour with its
+//! own test name, run in order on one world (a fleet, a VM, a repo and its composes) that the
+//! earlier steps built. Every step is a trial of its own; a trial runs the steps before it that
+//! have not run yet (so `cargo test --test compose NAME` works alone), and a step after a failed
+//! one fails naming the step that failed first. Chains run side by side: each mostly waits on
+//! its own VMs or composes. Shared by the test binaries `boots`, `compose` and `release`
+//! (`harness = false`, libtest-mimic), each including it with `#[path]`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Run the trials of a binary's chains with the command line's arguments: every trial at once
+/// unless `--test-threads` says otherwise (a trial waits for the steps before it on its chain's
+/// lock, and the chains run side by side). The worlds are gone when this returns.
+pub fn run(trials: Vec<libtest_mimic::Trial>) -> ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(trials.len().max(1));
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// Steps named after the functions that run them: `steps![module::a_behaviour, ...]` is the
+/// step `a_behaviour` running `module::a_behaviour`, and so on.
+#[allow(unused_macros)]
+macro_rules! steps {
+    ($($m:ident :: $f:ident),* $(,)?) => {
+        vec![$($crate::chain::Step::new(stringify!($f), $m::$f)),*]
+    };
+}
 
 /// What a step does to the world; a panic fails it.
 pub type Run<W> = Box<dyn Fn(&mut W) + Send + Sync>;
