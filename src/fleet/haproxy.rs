@@ -53,6 +53,15 @@ pub struct ServerStat {
     pub total: u64,
 }
 
+impl ServerStat {
+    /// HAProxy's checks pass and it takes sessions (not `UP 1/2`, going down after a failed check).
+    pub fn is_up(&self) -> bool {
+        self.status.starts_with("UP")
+            && !self.status.contains("going down")
+            && !self.status.contains('/')
+    }
+}
+
 /// A running HAProxy of one fleet, reached through its files in `dir`.
 #[derive(Debug, Clone)]
 pub struct Haproxy {
@@ -83,11 +92,13 @@ pub fn config(dir: &Path, listen: &str, servers: &[(String, String)], s: &Servic
          \x20   balance roundrobin\n\
          \x20   option httpchk GET {path}\n\
          \x20   http-check expect status 200-399\n\
+         \x20   timeout check {check}ms\n\
          \x20   default-server inter {inter}ms fall 2 rise {rise}\n",
         sock = dir.join("admin.sock").display(),
         pid = dir.join("haproxy.pid").display(),
         path = s.health_path,
         inter = s.health_interval.as_millis().max(100),
+        check = s.health_timeout.as_millis().max(100),
         rise = s.healthy_threshold.max(1),
     );
     for (name, addr) in servers {
@@ -243,12 +254,42 @@ impl Haproxy {
         }
     }
 
+    /// Wait until HAProxy's checks see at least `want` servers other than `server` up, so that
+    /// taking `server` out leaves them serving (a node that just came back can fail a check or
+    /// two while it settles); the error names those that are not up.
+    pub fn wait_others_up(&self, server: &str, want: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let others: Vec<ServerStat> = self
+                .servers()?
+                .into_iter()
+                .filter(|s| s.name != server)
+                .collect();
+            if others.iter().filter(|s| s.is_up()).count() >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let down: Vec<String> = others
+                    .iter()
+                    .filter(|s| !s.is_up())
+                    .map(|s| format!("{} ({})", s.name, s.status))
+                    .collect();
+                bail!(
+                    "taking {server} out would leave fewer than {want} nodes serving: not up after {} s: {}",
+                    limit.as_secs(),
+                    down.join(", ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Wait until HAProxy's own check sees `server` up (after [`State::Ready`]).
     pub fn wait_up(&self, server: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let s = self.server(server)?;
-            if s.status.starts_with("UP") && !s.status.contains("going down") {
+            if s.is_up() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -310,6 +351,20 @@ mod tests {
         assert_eq!(s[0].sessions, 2);
         assert_eq!(s[0].total, 40);
         assert_eq!(s[1].status, "DRAIN");
+    }
+
+    #[test]
+    fn up_is_up_and_not_going_down() {
+        let st = |status: &str| ServerStat {
+            name: "n".into(),
+            status: status.into(),
+            sessions: 0,
+            total: 0,
+        };
+        assert!(st("UP").is_up());
+        for s in ["UP 1/2", "DOWN", "DOWN 1/2", "MAINT", "DRAIN", "no check"] {
+            assert!(!st(s).is_up(), "{s}");
+        }
     }
 
     #[test]

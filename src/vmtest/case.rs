@@ -32,59 +32,66 @@ struct Run<'a, 'c> {
     deadline: Instant,
     boots: &'a mut Vec<Boot>,
     output: String,
+    /// The time the runs before this one took (a parked test's), and when this one began.
+    used: Duration,
+    began: Instant,
 }
 
-/// Run one test, following its reboots (each noted in `boots`); (status, message, output).
+/// A test that asked for any later boot (`$CAIRN_REBOOT --any MARK`) and waits for one while
+/// the tests after it run in the same VM: where it stands, to run it again after that boot.
+pub(super) struct Parked {
+    env: Vec<(&'static str, String)>,
+    file: String,
+    mark: String,
+    /// The boot it asked to leave.
+    pub boot_id: String,
+    /// The boots of its VM counted when it parked (see `run_group`).
+    pub boots_then: usize,
+    /// Its runs so far, and how long they took.
+    output: String,
+    used: Duration,
+    runs: usize,
+}
+
+/// How a test's run ended: with a verdict (status, message, output), or parked.
+pub(super) enum Ended {
+    Done(Status, String, String),
+    Parked(Parked),
+}
+
+/// Run one test, following its reboots (each noted in `boots`). With `park`, a test that asks
+/// for any later boot is parked instead of rebooting its VM.
 pub(super) fn run_case(
     ctx: &Ctx,
     g: &mut Guest,
     group: &Group,
     case: &Case,
     boots: &mut Vec<Boot>,
-) -> Result<(Status, String, String)> {
-    let deadline = Instant::now() + case.def.timeout;
-    let (file, helper) = install(g, case)?;
-    let env = environment(ctx, g, group, case, helper);
-    let mut run = Run {
-        ctx,
-        g,
-        case,
-        deadline,
-        boots,
-        output: String::new(),
+    park: bool,
+) -> Result<Ended> {
+    let (file, env) = {
+        let (file, helper) = install(g, case)?;
+        (file, environment(ctx, g, group, case, helper))
     };
-    let mut mark = String::new();
-    let mut followed = 0;
-    for n in 0..=MAX_REBOOTS {
-        // For a reboot the guest makes itself, the boot it leaves.
-        let before = run.g.boot_id()?;
-        let Some(out) = run.once(&env, &mark, followed, &file)? else {
-            return Ok((
-                Status::Fail,
-                format!("timed out after {} s", case.def.timeout.as_secs()),
-                run.output,
-            ));
-        };
-        if n > 0 {
-            run.output
-                .push_str(&format!("--- after reboot {n} (mark {mark:?}) ---\n"));
-        }
-        run.output.push_str(&out.stdout);
-        run.output.push_str(&out.stderr);
-        let (code, next) = run.ended(&out.stdout);
-        match run.reboot(next, before)? {
-            Some((m, f)) => (mark, followed) = (m, f),
-            None => {
-                run.g.check()?;
-                return Ok(verdict(code, run.output));
-            }
-        }
-    }
-    Ok((
-        Status::Fail,
-        format!("more than {MAX_REBOOTS} reboots"),
-        run.output,
-    ))
+    let mut run = Run::new(ctx, g, case, boots, case.def.timeout);
+    run.drive(env, file, String::new(), 0, 0, park)
+}
+
+/// Run a parked test again, `boots` boots after the one it left (the harness's own reboot
+/// among them when no other test made one).
+pub(super) fn resume(
+    ctx: &Ctx,
+    g: &mut Guest,
+    case: &Case,
+    boots: &mut Vec<Boot>,
+    p: Parked,
+    followed: usize,
+) -> Result<Ended> {
+    let left = case.def.timeout.saturating_sub(p.used);
+    let mut run = Run::new(ctx, g, case, boots, left);
+    run.output = p.output;
+    run.used = p.used;
+    run.drive(p.env, p.file, p.mark, followed, p.runs, false)
 }
 
 /// Copy the reboot helper and the test into the guest; (the test's path, the helper's path).
@@ -144,7 +151,88 @@ fn verdict(code: Option<i32>, output: String) -> (Status, String, String) {
     }
 }
 
-impl Run<'_, '_> {
+impl<'a, 'c> Run<'a, 'c> {
+    fn new(
+        ctx: &'a Ctx<'c>,
+        g: &'a mut Guest,
+        case: &'a Case,
+        boots: &'a mut Vec<Boot>,
+        left: Duration,
+    ) -> Self {
+        Run {
+            ctx,
+            g,
+            case,
+            deadline: Instant::now() + left,
+            boots,
+            output: String::new(),
+            used: Duration::ZERO,
+            began: Instant::now(),
+        }
+    }
+
+    /// Run the test (its run number `n` next, with `mark` and `followed`), following its
+    /// reboots until it ends or parks.
+    fn drive(
+        &mut self,
+        env: Vec<(&'static str, String)>,
+        file: String,
+        mut mark: String,
+        mut followed: usize,
+        first: usize,
+        park: bool,
+    ) -> Result<Ended> {
+        for n in first..=MAX_REBOOTS {
+            // For a reboot the guest makes itself, the boot it leaves.
+            let before = self.g.boot_id()?;
+            let Some(out) = self.once(&env, &mark, followed, &file)? else {
+                let why = format!("timed out after {} s", self.case.def.timeout.as_secs());
+                return Ok(Ended::Done(
+                    Status::Fail,
+                    why,
+                    std::mem::take(&mut self.output),
+                ));
+            };
+            if n > 0 {
+                self.output
+                    .push_str(&format!("--- after reboot {n} (mark {mark:?}) ---\n"));
+            }
+            self.output.push_str(&out.stdout);
+            self.output.push_str(&out.stderr);
+            let (code, next) = self.ended(&out.stdout);
+            let next = match next {
+                Next::Any(m) if park => {
+                    return Ok(Ended::Parked(Parked {
+                        env,
+                        file,
+                        mark: m,
+                        boot_id: before,
+                        boots_then: 0,
+                        output: std::mem::take(&mut self.output),
+                        used: self.used + self.began.elapsed(),
+                        runs: n + 1,
+                    }))
+                }
+                Next::Any(m) => Next::Reboot(m),
+                other => other,
+            };
+            match self.reboot(next, before)? {
+                Some((m, f)) => (mark, followed) = (m, f),
+                None => {
+                    self.g.check()?;
+                    let (s, m, o) = verdict(code, std::mem::take(&mut self.output));
+                    return Ok(Ended::Done(s, m, o));
+                }
+            }
+        }
+        let why = format!("more than {MAX_REBOOTS} reboots");
+        Ok(Ended::Done(
+            Status::Fail,
+            why,
+            std::mem::take(&mut self.output),
+        ))
+    }
+
     /// Run the test once (after `followed` boots, with the mark of the reboot before);
     /// `None` when it ran out of time.
     fn once(
@@ -212,7 +300,7 @@ impl Run<'_, '_> {
     fn reboot(&mut self, next: Next, before: String) -> Result<Option<(String, usize)>> {
         let (mark, by_guest) = match next {
             Next::Done => return Ok(None),
-            Next::Reboot(m) => {
+            Next::Reboot(m) | Next::Any(m) => {
                 let t = Instant::now();
                 self.g.reboot(self.deadline)?;
                 let id = Some(self.case.id());

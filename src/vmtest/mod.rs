@@ -25,7 +25,8 @@ use crate::store::serve::RepoServer;
 use crate::vm::guest::Guest;
 use crate::vm::ssh::Key;
 use crate::vm::{self, console, seed, Accel, Console, Spec};
-use case::run_case;
+
+use case::Ended;
 use header::TestDef;
 use report::{Boot, CaseResult, Report, Status};
 
@@ -283,7 +284,7 @@ fn run_group(ctx: &Ctx, group: Group) {
     let hostname = format!("cairn-test-{}-{fw}", group.id);
     let started = Instant::now();
     let guest = boot_group(ctx, &group, &dir, &hostname);
-    let mut guest = match guest {
+    let guest = match guest {
         Ok(g) => {
             let b = boot(ctx, group.firmware, "first", started.elapsed(), None);
             record_boot(ctx, b, None);
@@ -306,26 +307,122 @@ fn run_group(ctx: &Ctx, group: Group) {
             return;
         }
     };
-    for case in &group.cases {
+    let mut lane = Lane {
+        ctx,
+        guest,
+        group: &group,
+        dir: &dir,
+        boots: 0,
+        parked: Vec::new(),
+    };
+    for (i, case) in group.cases.iter().enumerate() {
+        // The last test has none after it to make a boot for a parked one.
+        let park = i + 1 < group.cases.len();
+        lane.run(case, park);
+        lane.resume_parked(false);
+    }
+    lane.resume_parked(true);
+}
+
+/// One VM's walk through its group: its guest, the boots its tests made, and the tests that
+/// wait for a later boot.
+struct Lane<'a, 'c> {
+    ctx: &'a Ctx<'c>,
+    guest: Guest,
+    group: &'a Group,
+    dir: &'a Path,
+    /// Every boot the tests made so far.
+    boots: usize,
+    parked: Vec<(&'a Case, case::Parked, Duration)>,
+}
+
+impl<'a> Lane<'a, '_> {
+    /// Run `case` and record its result unless it parked.
+    fn run(&mut self, case: &'a Case, park: bool) {
+        self.step(case, Duration::ZERO, Vec::new(), |l, boots| {
+            case::run_case(l.ctx, &mut l.guest, l.group, case, boots, park)
+        });
+    }
+
+    /// Run `f` for `case` (which ran `earlier` before it parked; `boots`: those made for it
+    /// already) and record the result unless it parked.
+    fn step(
+        &mut self,
+        case: &'a Case,
+        earlier: Duration,
+        mut boots: Vec<Boot>,
+        f: impl FnOnce(&mut Self, &mut Vec<Boot>) -> Result<Ended>,
+    ) {
         let t = Instant::now();
-        let mut boots = Vec::new();
-        let (status, message, output) = if crate::base::interrupt::requested() {
-            (Status::Fail, "interrupted".to_string(), String::new())
+        let made = boots.len();
+        let ended = if crate::base::interrupt::requested() {
+            Ok(Ended::Done(
+                Status::Fail,
+                "interrupted".into(),
+                String::new(),
+            ))
         } else {
-            match run_case(ctx, &mut guest, &group, case, &mut boots) {
-                Ok(r) => r,
-                Err(e) => (Status::Fail, format!("{e:#}"), String::new()),
+            f(self, &mut boots)
+        };
+        self.boots += boots.len() - made;
+        let (status, message, output) = match ended {
+            Ok(Ended::Done(s, m, o)) => (s, m, o),
+            Ok(Ended::Parked(mut p)) => {
+                tracing::info!("{} waits for a later boot", case.id());
+                p.boots_then = self.boots;
+                self.parked.push((case, p, earlier + t.elapsed()));
+                return;
             }
+            Err(e) => (Status::Fail, format!("{e:#}"), String::new()),
         };
         let artifacts = (status == Status::Fail)
-            .then(|| save_artifacts(ctx, &case.id(), Some(&guest), &dir, &output))
+            .then(|| save_artifacts(self.ctx, &case.id(), Some(&self.guest), self.dir, &output))
             .flatten();
         // A last look at the console, so that a warning printed during the test is its own.
-        let _ = guest.check();
-        let mut r = case.result(status, t.elapsed(), message, output, artifacts);
-        r.warnings = guest.new_warnings();
+        let _ = self.guest.check();
+        let took = earlier + t.elapsed();
+        let mut r = case.result(status, took, message, output, artifacts);
+        r.warnings = self.guest.new_warnings();
         r.boots = boots;
-        record(ctx, r);
+        record(self.ctx, r);
+    }
+
+    /// Run again the parked tests whose boot is over; with `all`, every one, the VM rebooted
+    /// first if none of them has had its boot.
+    fn resume_parked(&mut self, all: bool) {
+        let now = self.guest.boot_id().unwrap_or_default();
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(_, p, _)| all || p.boot_id != now);
+        self.parked = wait;
+        let mut rebooted = false;
+        for (case, p, earlier) in due {
+            let mut made = Vec::new();
+            if p.boot_id == now && !rebooted {
+                // No test made a boot after this one parked: the harness makes it.
+                let t = Instant::now();
+                if let Err(e) = self.guest.reboot(Instant::now() + case.def.timeout) {
+                    let msg = format!("the reboot it asked for: {e:#}");
+                    let r = case.result(Status::Fail, earlier, msg, String::new(), None);
+                    record(self.ctx, r);
+                    continue;
+                }
+                let b = boot(
+                    self.ctx,
+                    case.firmware,
+                    "reboot",
+                    t.elapsed(),
+                    Some(case.id()),
+                );
+                record_boot(self.ctx, b, Some(&mut made));
+                self.boots += 1;
+                rebooted = true;
+            }
+            let followed = self.boots - p.boots_then;
+            self.step(case, earlier, made, |l, boots| {
+                case::resume(l.ctx, &mut l.guest, case, boots, p, followed)
+            });
+        }
     }
 }
 

@@ -1,17 +1,19 @@
 //! Reboots inside a test: the helper a test calls as `$CAIRN_REBOOT`, and what the harness reads
 //! from it when the test ends (a plain reboot, a reboot to follow, or one the guest makes itself).
 
-/// The reboot helper a test calls as `$CAIRN_REBOOT [--follow] <mark> [-- COMMAND…]`: it leaves
-/// the mark for the harness and ends the test, like autopkgtest-reboot. `--follow`: the harness
-/// follows the boots the guest then makes by itself until one is good. With a COMMAND (which
+/// The reboot helper a test calls as `$CAIRN_REBOOT [--follow|--any] <mark> [-- COMMAND…]`: it
+/// leaves the mark for the harness and ends the test, like autopkgtest-reboot. `--follow`: the
+/// harness follows the boots the guest then makes by itself until one is good. `--any`: any
+/// later boot of the VM will do, so the harness may run the next tests first and run this one
+/// again after the first boot one of them makes (or reboots for it when none does). With a COMMAND (which
 /// reboots the guest, e.g. `cairn node upgrade --reboot`), the guest's own reboot is followed;
 /// the line it prints first tells the harness, which may not reach the guest again before it
 /// goes down.
 pub const REBOOT_HELPER: &str = "#!/bin/sh\n\
-# cairn-reboot [--follow] MARK [-- COMMAND...]: see docs/vm-test.md.\n\
-usage() { echo 'usage: cairn-reboot [--follow] MARK [-- COMMAND...]' >&2; exit 2; }\n\
+# cairn-reboot [--follow|--any] MARK [-- COMMAND...]: see docs/vm-test.md.\n\
+usage() { echo 'usage: cairn-reboot [--follow|--any] MARK [-- COMMAND...]' >&2; exit 2; }\n\
 mode=reboot\n\
-if [ \"$1\" = --follow ]; then mode=follow; shift; fi\n\
+case \"$1\" in --follow) mode=follow; shift ;; --any) mode=any; shift ;; esac\n\
 [ -n \"$1\" ] && [ \"$1\" != -- ] || usage\n\
 mark=$1; shift\n\
 state=/var/tmp/cairn-vm-test/reboot-mark\n\
@@ -35,6 +37,8 @@ pub enum Next {
     Done,
     Reboot(String),
     Follow(String),
+    /// Any later boot will do.
+    Any(String),
     /// The guest reboots itself (the helper ran its command).
     Guest(String),
 }
@@ -46,6 +50,7 @@ impl Next {
         match m.split_once(' ') {
             _ if m.is_empty() => Next::Done,
             Some(("follow", mark)) => Next::Follow(mark.to_string()),
+            Some(("any", mark)) => Next::Any(mark.to_string()),
             Some(("guest", mark)) => Next::Guest(mark.to_string()),
             Some(("reboot", mark)) => Next::Reboot(mark.to_string()),
             _ => Next::Reboot(m.to_string()),
@@ -98,6 +103,8 @@ mod tests {
         assert_eq!(Next::parse(&mark()), Next::Follow("upgraded".into()));
         run("plain");
         assert_eq!(Next::parse(&mark()), Next::Reboot("plain".into()));
+        run("--any later");
+        assert_eq!(Next::parse(&mark()), Next::Any("later".into()));
         // A command that fails: no mark, its status.
         let out = run("--follow m -- false");
         assert!(

@@ -92,7 +92,7 @@ impl World {
             format!(
                 "name = \"it\"\n\
                  [provider]\ntype = \"qemu\"\nimage = \"app.toml\"\nnodes = 2\nmemory = \"1024M\"\n\
-                 [service]\nport = 80\nhealthy-threshold = 2\n\
+                 [service]\nport = 80\nhealthy-threshold = 2\nhealth-timeout = \"5s\"\n\
                  [load-balancer]\nlisten = \"127.0.0.1:{lb_port}\"\n\
                  [repo]\nlisten = \"127.0.0.1:{repo_port}\"\n\
                  [policy]\nmax-unavailable = 1\nmax-surge = 1\nbake-time = \"5s\"\n\

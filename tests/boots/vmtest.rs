@@ -220,7 +220,7 @@ pub fn steps() -> Vec<Step<VmWorld>> {
         Step::new("the_shipped_image_builds_trusting_the_release_key", image),
         Step::new("the_node_tests_stages_are_published", stages),
         Step::new("one_run_boots_every_suite_and_leaves_no_vm", run),
-        Step::new(
+        Step::check(
             "the_report_keeps_every_boot_and_a_failed_tests_logs",
             report,
         ),
@@ -233,7 +233,7 @@ pub fn steps() -> Vec<Step<VmWorld>> {
                 id.split('@').next().unwrap_or(id).trim_end_matches('s')
             ),
         };
-        steps.push(Step::new(name, move |v: &mut VmWorld| case(v, id, want)));
+        steps.push(Step::check(name, move |v: &mut VmWorld| case(v, id, want)));
     }
     steps
 }
@@ -470,7 +470,12 @@ fn report(v: &mut VmWorld) {
     );
     let journal = std::fs::read_to_string(logs.join("journal.txt")).unwrap();
     assert!(journal.contains("systemd"), "the journal was saved");
-    assert!(junit.contains("failures=\"1\""), "{junit}");
+    // The self-test that fails is a failure in JUnit, with its message (the other cases are
+    // their own tests).
+    assert!(
+        junit.contains("<failure message=\"exit status 3: this test fails on purpose\""),
+        "{junit}"
+    );
     assert!(junit.contains("<skipped"), "{junit}");
 }
 

@@ -2,7 +2,8 @@
 //! own test name, run in order on one world (a fleet, a VM, a repo and its composes) that the
 //! earlier steps built. Every step is a trial of its own; a trial runs the steps before it that
 //! have not run yet (so `cargo test --test compose NAME` works alone), and a step after a failed
-//! one fails naming the step that failed first. Chains run side by side: each mostly waits on
+//! one fails naming the step that failed first (a check, which only reads what the steps before
+//! it left, fails alone). Each progress line carries the seconds since the binary started. Chains run side by side: each mostly waits on
 //! its own VMs or composes. Shared by the test binaries `boots`, `compose` and `release`
 //! (`harness = false`, libtest-mimic), each including it with `#[path]`.
 
@@ -15,6 +16,7 @@ use std::time::Instant;
 /// unless `--test-threads` says otherwise (a trial waits for the steps before it on its chain's
 /// lock, and the chains run side by side). The worlds are gone when this returns.
 pub fn run(trials: Vec<libtest_mimic::Trial>) -> ExitCode {
+    since_start();
     let mut args = libtest_mimic::Arguments::from_args();
     if args.test_threads.is_none() {
         args.test_threads = Some(trials.len().max(1));
@@ -38,6 +40,8 @@ pub type Run<W> = Box<dyn Fn(&mut W) + Send + Sync>;
 pub struct Step<W> {
     pub name: String,
     pub run: Run<W>,
+    /// A check only reads the world: its failure fails it alone, not the steps after it.
+    pub check: bool,
 }
 
 impl<W> Step<W> {
@@ -45,8 +49,24 @@ impl<W> Step<W> {
         Step {
             name: name.into(),
             run: Box::new(run),
+            check: false,
         }
     }
+
+    /// A step that only reads what the steps before it left (a report, a result).
+    #[allow(dead_code)]
+    pub fn check(name: impl Into<String>, run: impl Fn(&mut W) + Send + Sync + 'static) -> Self {
+        Step {
+            check: true,
+            ..Step::new(name, run)
+        }
+    }
+}
+
+/// Seconds since the test binary started, for the progress lines.
+fn since_start() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 struct State<W> {
@@ -95,13 +115,19 @@ impl<W: Send + 'static> Chain<W> {
             if st.done[j].is_some() {
                 continue;
             }
-            if let Some(first) = (0..j).find(|k| matches!(st.done[*k], Some(Err(_)))) {
+            let blocks = |k: &usize| !self.steps[*k].check && matches!(st.done[*k], Some(Err(_)));
+            if let Some(first) = (0..j).find(blocks) {
                 let why = format!("not run: {}::{} failed", self.name, self.steps[first].name);
                 st.done[j] = Some(Err(why));
                 continue;
             }
             let started = Instant::now();
-            eprintln!("[{}] {} ...", self.name, self.steps[j].name);
+            eprintln!(
+                "[{} +{:.0}s] {} ...",
+                self.name,
+                since_start(),
+                self.steps[j].name
+            );
             let make = self.make;
             let run = &self.steps[j].run;
             let world = &mut st.world;
@@ -115,8 +141,9 @@ impl<W: Send + 'static> Chain<W> {
                 format!("{}::{}: {msg}", self.name, self.steps[j].name)
             });
             eprintln!(
-                "[{}] {}: {} in {:.0} s",
+                "[{} +{:.0}s] {}: {} in {:.0} s",
                 self.name,
+                since_start(),
                 self.steps[j].name,
                 if r.is_ok() { "ok" } else { "FAILED" },
                 started.elapsed().as_secs_f64()
