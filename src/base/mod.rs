@@ -6,6 +6,7 @@
 //! - [`tmp`]: temporary trees, chroot mounts and atomic writes that clean up after themselves;
 //! - [`progress`]: a spinner per phase on a terminal, plain log lines otherwise;
 //! - [`logging`]: the log subscriber (colour only on a terminal);
+//! - [`net`]: hosts and `host:port` addresses as manifests give them;
 //! - [`digest`], [`units`], [`text`], [`time`], [`span`]: digests, sizes and durations, log tails
 //!   and short hashes, timestamps, and the line of a TOML value for errors;
 //! - [`package`] and [`firmware`]: the vocabulary shared by compose, image, VMs and the node.
@@ -15,6 +16,7 @@ pub mod digest;
 pub mod firmware;
 pub mod interrupt;
 pub mod logging;
+pub mod net;
 pub mod package;
 pub mod progress;
 pub mod span;

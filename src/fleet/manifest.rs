@@ -242,8 +242,10 @@ fn service(raw: Option<Spanned<RawService>>, at: &dyn Fn(usize) -> String) -> Re
     if threshold == 0 {
         bail!("{s_at}: key `service.healthy-threshold` must be at least 1");
     }
+    let port = crate::base::net::port(s.port.unwrap_or(80))
+        .map_err(|e| anyhow!("{s_at}: key `service.port`: {e}"))?;
     Ok(Service {
-        port: s.port.unwrap_or(80),
+        port,
         health_path: path,
         health_interval: duration(
             &s.health_interval,
@@ -327,12 +329,29 @@ mod tests {
         assert_eq!(f.policy.max_surge, 2, "a surge rounds up");
         assert_eq!(f.policy.min_healthy, 2);
         assert_eq!(f.policy.on_failure, OnFailure::Rollback);
+        // An ssh host's defaults: port 22, root, the service on port 80 of its address.
+        std::fs::write(d.path().join("id"), "key").unwrap();
+        let f = load(&write(
+            d.path(),
+            "name = \"w\"\n[provider]\ntype = \"ssh\"\n[[provider.hosts]]\nname = \"a\"\naddress = \"fd00::5\"\nidentity = \"id\"\n[[provider.hosts]]\nname = \"b\"\naddress = \"b.example.net\"\nservice-address = \"b.example.net:8080\"\n",
+        ))
+        .unwrap();
+        let Provider::Ssh { hosts } = &f.provider else {
+            panic!("{:?}", f.provider)
+        };
+        assert_eq!(hosts[0].service_address, "[fd00::5]:80");
+        assert_eq!((hosts[0].ssh_port, hosts[0].user.as_str()), (22, "root"));
+        assert_eq!(hosts[0].identity, Some(d.path().join("id")));
     }
 
     #[test]
     fn impossible_policies_and_bad_keys_name_file_and_key() {
         let d = tempfile::tempdir().unwrap();
         let ssh = "name = \"web\"\n[provider]\ntype = \"ssh\"\n[[provider.hosts]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[provider.hosts]]\nname = \"b\"\naddress = \"10.0.0.2\"\n";
+        // One ssh host with the given keys.
+        let host = |keys: &str| {
+            format!("name = \"web\"\n[provider]\ntype = \"ssh\"\n[[provider.hosts]]\nname = \"a\"\n{keys}\n")
+        };
         let cases: Vec<(String, &str)> = vec![
             (format!("{QEMU}bogus = 1\n"), "bogus"),
             (
@@ -374,6 +393,51 @@ mod tests {
             (
                 "name = \"w\"\n[provider]\ntype = \"qemu\"\nimage = \"none.toml\"\n".into(),
                 "key `provider.image`",
+            ),
+            (
+                format!("{QEMU}[policy]\nmax-unavailable = 0\n"),
+                "key `policy.max-unavailable`: 0 of 3 nodes is 0",
+            ),
+            (
+                format!("{QEMU}[policy]\nmax-unavailable = \"10%\"\n"),
+                "key `policy.max-unavailable`: \"10%\" of 3 nodes is 0",
+            ),
+            (
+                format!("{QEMU}[policy]\nstrategy = \"replace\"\nmax-unavailable = 0\n"),
+                "nor adds one",
+            ),
+            (
+                format!("{QEMU}[service]\nport = 0\n"),
+                "key `service.port`: 0",
+            ),
+            (
+                host("address = \"\""),
+                "key `provider.hosts.address` of host \"a\": \"\" is empty",
+            ),
+            (host("address = \"a b\""), "key `provider.hosts.address`"),
+            (
+                host("address = \"h\"\nssh-port = 0"),
+                "key `provider.hosts.ssh-port`",
+            ),
+            (
+                host("address = \"h\"\nuser = \"\""),
+                "key `provider.hosts.user`",
+            ),
+            (
+                host("address = \"h\"\nidentity = \"no-key\""),
+                "key `provider.hosts.identity`",
+            ),
+            (
+                host("address = \"h\"\nservice-address = \"h\""),
+                "key `provider.hosts.service-address`",
+            ),
+            (
+                host("address = \"h\"\nservice-address = \"h:0\""),
+                "key `provider.hosts.service-address`",
+            ),
+            (
+                host("address = \"h\"\nservice-address = \"h:web\""),
+                "key `provider.hosts.service-address`",
             ),
         ];
         for (body, want) in cases {

@@ -41,8 +41,18 @@ pub fn a_lockfile_is_written_from_the_commit(w: &mut World) {
 
 /// Reproducible: a clean repo and cache give the same commit checksum.
 pub fn a_clean_repo_and_cache_give_the_same_commit(w: &mut World) {
-    let r = w.b().compose(&[BASE]);
-    assert_eq!(r[0]["commit"], w.c1.as_str(), "same inputs, same commit");
+    let b = w.b();
+    let r = b.compose(&[BASE]);
+    let c2 = r[0]["commit"].as_str().unwrap().to_string();
+    if c2 != w.c1 {
+        // What differs, file by file, before the world (and both repos) go.
+        b.ostree(&["pull-local", w.a.repo.to_str().unwrap(), &w.c1]);
+        let diff = b.ostree(&["diff", &w.c1, &c2]);
+        panic!(
+            "same inputs, another commit: {} then {c2}; what differs:\n{diff}",
+            w.c1
+        );
+    }
 }
 
 /// From the lockfile, into a third repo: exactly those packages, the same commit.

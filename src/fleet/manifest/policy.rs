@@ -46,7 +46,7 @@ pub(super) fn policy(
             anyhow!("{p_at}: key `policy.strategy`: {s:?} is not `in-place` or `replace`")
         })?,
     };
-    let c = counts(&p, size, &p_at)?;
+    let c = counts(&p, strategy, size, &p_at)?;
     check_provider(strategy, c.max_surge, provider, &p_at)?;
     let on_failure = match p.on_failure.as_deref() {
         None | Some("halt") => OnFailure::Halt,
@@ -71,7 +71,7 @@ pub(super) fn policy(
 }
 
 /// `max-unavailable`, `max-surge` and `min-healthy`, checked to leave nodes serving.
-fn counts(p: &RawPolicy, size: u32, p_at: &str) -> Result<Counts> {
+fn counts(p: &RawPolicy, strategy: Strategy, size: u32, p_at: &str) -> Result<Counts> {
     let resolve = |v: &Option<toml::Value>, key: &str, default: u32, up: bool| -> Result<u32> {
         match v {
             None => Ok(default),
@@ -82,11 +82,23 @@ fn counts(p: &RawPolicy, size: u32, p_at: &str) -> Result<Counts> {
             }),
         }
     };
-    let max_unavailable = resolve(&p.max_unavailable, "max-unavailable", 1, false)?.max(
-        // A percentage that rounds to zero still lets one node go at a time.
-        u32::from(p.max_unavailable.is_some()),
-    );
+    let max_unavailable = resolve(&p.max_unavailable, "max-unavailable", 1, false)?;
     let max_surge = resolve(&p.max_surge, "max-surge", 0, true)?;
+    if max_unavailable == 0 && (strategy == Strategy::InPlace || max_surge == 0) {
+        let v = p
+            .max_unavailable
+            .as_ref()
+            .map_or("0".into(), |v| v.to_string());
+        bail!(
+            "{p_at}: key `policy.max-unavailable`: {v} of {size} nodes is 0, and a rollout that \
+             takes no node out {}: give at least 1",
+            if strategy == Strategy::InPlace {
+                "in place never starts"
+            } else {
+                "nor adds one (max-surge = 0) never starts"
+            }
+        );
+    }
     let min_healthy = resolve(&p.min_healthy, "min-healthy", 0, true)?;
     if max_unavailable >= size {
         bail!(

@@ -7,6 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::base::net;
 use crate::base::units::parse_size;
 
 use super::{Host, Provider};
@@ -100,16 +101,54 @@ fn ssh(p: RawProvider, dir: &Path, at: &dyn Fn(usize) -> String, p_at: &str) -> 
                 h.name
             );
         }
-        out.push(Host {
-            service_address: h
-                .service_address
-                .unwrap_or_else(|| format!("{}:80", h.address)),
-            ssh_port: h.ssh_port.unwrap_or(22),
-            user: h.user.unwrap_or_else(|| "root".into()),
-            identity: h.identity.map(|i| dir.join(i)),
-            address: h.address,
-            name: h.name,
-        });
+        out.push(host(h, dir, &h_at)?);
     }
     Ok(Provider::Ssh { hosts: out })
+}
+
+/// One host of the ssh provider, every value checked: an address, a port, a user, an identity
+/// file that can be read, the service's `host:port` (default: the address, port 80).
+fn host(h: RawHost, dir: &Path, h_at: &str) -> Result<Host> {
+    let key = |k: &str| format!("{h_at}: key `provider.hosts.{k}` of host {:?}", h.name);
+    net::host(&h.address).map_err(|e| anyhow!("{}: {:?} {e}", key("address"), h.address))?;
+    let ssh_port =
+        net::port(h.ssh_port.unwrap_or(22)).map_err(|e| anyhow!("{}: {e}", key("ssh-port")))?;
+    let user = h.user.unwrap_or_else(|| "root".into());
+    if user.is_empty()
+        || user
+            .chars()
+            .any(|c| c.is_whitespace() || c == '@' || c.is_control())
+    {
+        bail!("{}: {user:?} is not a user name", key("user"));
+    }
+    let identity = match h.identity {
+        None => None,
+        Some(i) => {
+            let p = dir.join(&i);
+            if let Err(e) = std::fs::File::open(&p) {
+                bail!("{}: {} cannot be read: {e}", key("identity"), p.display());
+            }
+            if !p.is_file() {
+                bail!("{}: {} is not a file", key("identity"), p.display());
+            }
+            Some(p)
+        }
+    };
+    let service_address = h.service_address.unwrap_or_else(|| {
+        if h.address.contains(':') {
+            format!("[{}]:80", h.address)
+        } else {
+            format!("{}:80", h.address)
+        }
+    });
+    net::host_port(&service_address)
+        .map_err(|e| anyhow!("{}: {service_address:?} {e}", key("service-address")))?;
+    Ok(Host {
+        service_address,
+        ssh_port,
+        user,
+        identity,
+        address: h.address,
+        name: h.name,
+    })
 }

@@ -18,10 +18,9 @@ const UP_LIMIT: Duration = Duration::from_secs(60);
 pub(super) fn run(ctx: &Ctx, r: &Rollout, name: &str, act: Act, deadline: Instant) -> Result<()> {
     match act {
         Act::Drain { then } => {
-            // Never fewer than (servers − max-unavailable) serving, as HAProxy sees them.
-            let servers = ctx.lb.servers()?.len();
-            let max_out = ctx.fleet.policy.max_unavailable as usize;
-            let want = servers.saturating_sub(max_out);
+            // Never fewer than (nodes − max-unavailable) serving, as HAProxy sees them.
+            let p = &ctx.fleet.policy;
+            let want = ctx.fleet.size().saturating_sub(p.max_unavailable) as usize;
             ctx.lb.wait_others_up(name, want, UP_LIMIT)?;
             if let Err(e) = ctx.lb.drain(name, ctx.fleet.policy.drain_timeout) {
                 tracing::warn!("{name}: {e:#}");
