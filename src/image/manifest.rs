@@ -276,6 +276,12 @@ fn formats(
     value: &Option<Spanned<Vec<String>>>,
     at: &dyn Fn(usize) -> String,
 ) -> Result<Vec<Format>> {
+    if let Some(f) = value.as_ref().filter(|f| f.get_ref().is_empty()) {
+        bail!(
+            "{}: key `formats` is empty: name one or more of raw, qcow2, vmdk, vhd, gce",
+            at(f.span().start)
+        );
+    }
     Ok(match value {
         None => vec![Format::Qcow2],
         Some(f) => f
@@ -293,21 +299,34 @@ fn formats(
     })
 }
 
-/// `remote-url`: an http://, https:// or file:/// URL without whitespace.
+/// `remote-url`: an http://, https:// (with a host) or file:/// URL, as the `url` crate parses
+/// it (a port that is not a number, a missing host or a stray space are errors here, not in a
+/// node that can never upgrade).
 fn check_remote_url(value: &Option<Spanned<String>>, at: &dyn Fn(usize) -> String) -> Result<()> {
-    if let Some(u) = value {
-        let ok = ["http://", "https://", "file:///"]
-            .iter()
-            .any(|s| u.get_ref().starts_with(s) && u.get_ref().len() > s.len());
-        if !ok || u.get_ref().contains(char::is_whitespace) {
-            bail!(
-                "{}: key `remote-url`: {:?} is not an http://, https:// or file:/// URL",
-                at(u.span().start),
-                u.get_ref()
-            );
-        }
+    let Some(u) = value else {
+        return Ok(());
+    };
+    let text = u.get_ref();
+    let why = match url::Url::parse(text) {
+        Err(e) => Some(e.to_string()),
+        Ok(_) if text.contains(char::is_whitespace) => Some("it holds a space".into()),
+        Ok(p) => match p.scheme() {
+            "http" | "https" if p.host_str().is_none_or(str::is_empty) => Some("no host".into()),
+            "http" | "https" => None,
+            "file" if p.host_str().is_some_and(|h| !h.is_empty()) || p.path() == "/" => {
+                Some("a file URL is file:///PATH".into())
+            }
+            "file" => None,
+            other => Some(format!("the scheme {other:?} is not http, https or file")),
+        },
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => bail!(
+            "{}: key `remote-url`: {text:?} is not an http://, https:// or file:/// URL ({why})",
+            at(u.span().start)
+        ),
     }
-    Ok(())
 }
 
 /// `remote-gpg-key-file`: an existing file, resolved against the manifest's directory.

@@ -63,13 +63,42 @@ fn remote_url_and_key_file() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("m.toml:3: key `remote-gpg-key-file`"), "{e}");
+    for bad in [
+        "ftp://x",
+        "http://repo.example:http/",
+        "http://repo.example:99999/",
+        "https://",
+        "file://host/repo",
+        "file:///",
+        "http://repo example/",
+        "repo.example/repo",
+    ] {
+        let e = load(&write(
+            d.path(),
+            &format!("name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"{bad}\"\n"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("m.toml:3: key `remote-url`"), "{bad}: {e}");
+    }
+    for good in [
+        "http://10.0.2.2:8080/",
+        "https://repo.example/cairn",
+        "file:///srv/repo",
+    ] {
+        let m = load(&write(
+            d.path(),
+            &format!("name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"{good}\"\n"),
+        ));
+        assert!(m.is_ok(), "{good}: {:?}", m.err());
+    }
     let e = load(&write(
         d.path(),
-        "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"ftp://x\"\n",
+        "name = \"x\"\ntreefile = \"t.toml\"\nformats = []\n",
     ))
     .unwrap_err()
     .to_string();
-    assert!(e.contains("m.toml:3: key `remote-url`"), "{e}");
+    assert!(e.contains("m.toml:3: key `formats` is empty"), "{e}");
 }
 
 #[test]
