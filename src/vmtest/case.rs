@@ -49,7 +49,7 @@ pub(super) struct Parked {
     pub boots_then: usize,
     /// Its runs so far, and how long they took.
     output: String,
-    used: Duration,
+    pub used: Duration,
     runs: usize,
 }
 

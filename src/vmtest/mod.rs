@@ -333,7 +333,7 @@ struct Lane<'a, 'c> {
     dir: &'a Path,
     /// Every boot the tests made so far.
     boots: usize,
-    parked: Vec<(&'a Case, case::Parked, Duration)>,
+    parked: Vec<(&'a Case, case::Parked)>,
 }
 
 impl<'a> Lane<'a, '_> {
@@ -370,7 +370,7 @@ impl<'a> Lane<'a, '_> {
             Ok(Ended::Parked(mut p)) => {
                 tracing::info!("{} waits for a later boot", case.id());
                 p.boots_then = self.boots;
-                self.parked.push((case, p, earlier + t.elapsed()));
+                self.parked.push((case, p));
                 return;
             }
             Err(e) => (Status::Fail, format!("{e:#}"), String::new()),
@@ -393,10 +393,11 @@ impl<'a> Lane<'a, '_> {
         let now = self.guest.boot_id().unwrap_or_default();
         let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
-            .partition(|(_, p, _)| all || p.boot_id != now);
+            .partition(|(_, p)| all || p.boot_id != now);
         self.parked = wait;
         let mut rebooted = false;
-        for (case, p, earlier) in due {
+        for (case, p) in due {
+            let earlier = p.used;
             let mut made = Vec::new();
             if p.boot_id == now && !rebooted {
                 // No test made a boot after this one parked: the harness makes it.
