@@ -34,6 +34,8 @@ struct RawManifest {
     partitions: Option<Vec<Spanned<layout::RawPartition>>>,
     remote_url: Option<Spanned<String>>,
     remote_gpg_key_file: Option<Spanned<String>>,
+    remote_gpg_verify: Option<Spanned<bool>>,
+    release_key: Option<Spanned<String>>,
     trial_boots: Option<Spanned<i64>>,
     health_deadline: Option<Spanned<String>>,
 }
@@ -106,6 +108,25 @@ pub enum Qcow2Compression {
     None,
 }
 
+/// The key a node's remote trusts (`gpg-verify=true`): its file and the fingerprints in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteKey {
+    pub file: PathBuf,
+    pub fingerprints: Vec<String>,
+}
+
+/// What the node's remote trusts: signed by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// `remote-gpg-key-file`: the public key of a release key kept elsewhere.
+    Key(RemoteKey),
+    /// `release-key`: the GPG home of a release key that signs the image's commit, made there
+    /// on first use (`cairn key new`); the node trusts its public key.
+    ReleaseKey(PathBuf),
+    /// `remote-gpg-verify = false`: the node accepts any commit (a warning at every build).
+    Unverified,
+}
+
 /// Where the commit comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -131,8 +152,8 @@ pub struct Manifest {
     pub partitions: Vec<Partition>,
     /// The URL the node's OSTree remote pulls from (`None`: set later).
     pub remote_url: Option<String>,
-    /// The public key the node's remote trusts (`gpg-verify=true`); `None`: no verification.
-    pub remote_gpg_key_file: Option<PathBuf>,
+    /// What the node's remote trusts.
+    pub trust: Trust,
     /// The node's settings: trial boots of a new deployment, and the deadline of each
     /// (`/etc/cairn/node.toml` and the deadline timer's drop-in in the deployment).
     pub node: crate::node::config::Config,
@@ -188,9 +209,9 @@ pub fn load(path: &Path) -> Result<Manifest> {
         ],
         &at,
     )?;
-    let partitions = layout::layout(raw.partitions, size, &firmware, &at, file)?;
     check_remote_url(&raw.remote_url, &at)?;
-    let remote_gpg_key_file = remote_gpg_key_file(&raw.remote_gpg_key_file, dir, &at)?;
+    let trust = trust(&raw, dir, &at, file)?;
+    let partitions = layout::layout(raw.partitions, size, &firmware, &at, file)?;
     let node = node_config(&raw.trial_boots, &raw.health_deadline, &at)?;
     Ok(Manifest {
         path: path.to_path_buf(),
@@ -205,7 +226,7 @@ pub fn load(path: &Path) -> Result<Manifest> {
         qcow2_compression,
         partitions,
         remote_url: raw.remote_url.map(|u| u.into_inner()),
-        remote_gpg_key_file,
+        trust,
         node,
     })
 }
@@ -329,25 +350,68 @@ fn check_remote_url(value: &Option<Spanned<String>>, at: &dyn Fn(usize) -> Strin
     }
 }
 
-/// `remote-gpg-key-file`: an existing file, resolved against the manifest's directory.
-fn remote_gpg_key_file(
-    value: &Option<Spanned<String>>,
-    dir: &Path,
-    at: &dyn Fn(usize) -> String,
-) -> Result<Option<PathBuf>> {
-    let Some(k) = value else {
-        return Ok(None);
-    };
+/// `remote-gpg-key-file` (a public key, read and checked), `release-key` (a GPG home, made on
+/// first use) or `remote-gpg-verify = false`: exactly one.
+fn trust(raw: &RawManifest, dir: &Path, at: &dyn Fn(usize) -> String, file: &str) -> Result<Trust> {
+    let verify = raw
+        .remote_gpg_verify
+        .as_ref()
+        .map(|v| (*v.get_ref(), v.span().start));
+    match (&raw.remote_gpg_key_file, &raw.release_key, verify) {
+        (Some(k), Some(_), _) => bail!(
+            "{}: keys `remote-gpg-key-file` and `release-key`: give one, not both",
+            at(k.span().start)
+        ),
+        (Some(k), None, None | Some((true, _))) => Ok(Trust::Key(remote_key(k, dir, at)?)),
+        (None, Some(r), None | Some((true, _))) => Ok(Trust::ReleaseKey(release_key(r, dir, at)?)),
+        (None, None, Some((false, _))) => Ok(Trust::Unverified),
+        (_, _, Some((false, pos))) => bail!(
+            "{}: key `remote-gpg-verify` is false, but the manifest names a key to trust: \
+             drop one of them",
+            at(pos)
+        ),
+        (None, None, _) => bail!(
+            "{file}: key `remote-gpg-key-file` is missing: a node's remote trusts only commits \
+             signed by a release key. Name its public key (`cairn key new DIR` makes a key and \
+             writes DIR/<KEYID>.asc), or `release-key = \"DIR\"` (a key made there on first use \
+             that signs the image's commit), or set `remote-gpg-verify = false` for nodes that \
+             accept any commit"
+        ),
+    }
+}
+
+/// `remote-gpg-key-file`: a file, resolved against the manifest's directory, holding an OpenPGP
+/// public key (read by gpg now, not found bad during a node's deploy).
+fn remote_key(k: &Spanned<String>, dir: &Path, at: &dyn Fn(usize) -> String) -> Result<RemoteKey> {
     let p = dir.join(k.get_ref());
+    let here = at(k.span().start);
     if !p.is_file() {
         bail!(
-            "{}: key `remote-gpg-key-file`: {} does not exist (`cairn key new` writes \
+            "{here}: key `remote-gpg-key-file`: {} does not exist (`cairn key new` writes \
              the public key as <KEYID>.asc in the key's directory)",
-            at(k.span().start),
             p.display()
         );
     }
-    Ok(Some(p))
+    let fingerprints = crate::release::key::fingerprints_in(&p)
+        .map_err(|e| anyhow!("{here}: key `remote-gpg-key-file`: {e:#}"))?;
+    Ok(RemoteKey {
+        file: p,
+        fingerprints,
+    })
+}
+
+/// `release-key`: a directory path (absent until its first use, or a directory), resolved
+/// against the manifest's directory.
+fn release_key(r: &Spanned<String>, dir: &Path, at: &dyn Fn(usize) -> String) -> Result<PathBuf> {
+    let p = dir.join(r.get_ref());
+    if r.get_ref().trim().is_empty() || (p.exists() && !p.is_dir()) {
+        bail!(
+            "{}: key `release-key`: {:?} is not a directory for a GPG home",
+            at(r.span().start),
+            r.get_ref()
+        );
+    }
+    Ok(p)
 }
 
 /// The node's settings: `trial-boots` and `health-deadline` over the defaults.

@@ -51,6 +51,8 @@ struct Ctx<'a> {
     commit: String,
     version: String,
     epoch: i64,
+    /// The key the node's remote trusts (`None`: `remote-gpg-verify = false`).
+    trust: Option<manifest::RemoteKey>,
     work: TempTree,
 }
 
@@ -86,6 +88,7 @@ pub fn build(
     let commit = store::resolve(&r, rev)?;
     let info = store::load_commit(&r, &commit)?;
     check_provisioning(m, rev, &info.meta.packages)?;
+    let trust = trust(m, &opts.repo, rev)?;
     let version = info.version_or_checksum();
     let work = TempTree::new_in(&opts.cache.join("tmp"), &format!("image-{}", m.name))?;
     let mut ctx = Ctx {
@@ -101,6 +104,7 @@ pub fn build(
         commit,
         version,
         epoch: info.timestamp as i64,
+        trust,
         work,
     };
     let steps: [fn(&mut Ctx) -> Result<()>; 2] = [deploy_step, filesystems];
@@ -122,6 +126,45 @@ pub fn build(
         let _ = rm.join();
         result
     })
+}
+
+/// The key the node trusts: the manifest's public key; or its `release-key`, made on first use,
+/// which signs the commit now (and becomes the repo's release key when it has none); or none,
+/// with a warning at every build.
+pub fn trust(m: &Manifest, repo: &Path, rev: &str) -> Result<Option<manifest::RemoteKey>> {
+    match &m.trust {
+        manifest::Trust::Key(k) => Ok(Some(k.clone())),
+        manifest::Trust::Unverified => {
+            tracing::warn!(
+                "{}: remote-gpg-verify = false: the image's node accepts any commit from anyone \
+                 who can answer on its remote's address",
+                m.path.display()
+            );
+            Ok(None)
+        }
+        manifest::Trust::ReleaseKey(dir) => {
+            let at = || format!("{}: key `release-key`", m.path.display());
+            let (abs_dir, abs_repo) = (std::path::absolute(dir)?, std::path::absolute(repo)?);
+            if abs_dir.starts_with(&abs_repo) {
+                bail!(
+                    "{}: {} is inside the repo {}, which is served: keep the secret key out of it",
+                    at(),
+                    dir.display(),
+                    repo.display()
+                );
+            }
+            let k = crate::release::key::release_key(dir).with_context(at)?;
+            let opts = crate::release::sign::SignOpts {
+                gpg_homedir: Some(k.homedir.clone()),
+                key_id: Some(k.key.fingerprint.clone()),
+            };
+            crate::release::sign_rev(repo, rev, &opts).with_context(at)?;
+            Ok(Some(manifest::RemoteKey {
+                fingerprints: crate::release::key::fingerprints_in(&k.public_key)?,
+                file: k.public_key,
+            }))
+        }
+    }
 }
 
 /// A NoCloud image needs cloud-init in its commit, or nobody could ever log in to it.
@@ -163,13 +206,10 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
     fs_err::create_dir_all(&sysroot)?;
     let mut kargs = vec!["root=LABEL=root".to_string(), "rw".to_string()];
     kargs.extend(ctx.m.kernel_arguments.iter().cloned());
-    let trust = match &ctx.m.remote_gpg_key_file {
-        Some(k) => Some(crate::store::remote::Trust {
-            key_file: k,
-            fingerprints: crate::release::key::fingerprints_in(k)?,
-        }),
-        None => None,
-    };
+    let trust = ctx.trust.as_ref().map(|k| crate::store::remote::Trust {
+        key_file: &k.file,
+        fingerprints: k.fingerprints.clone(),
+    });
     let dep = sysroot::deploy(
         &sysroot,
         &sysroot::DeployOpts {

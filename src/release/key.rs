@@ -89,6 +89,8 @@ pub struct KeyInfo {
 /// One `sec` record of `gpg --with-colons` and the lines that follow it.
 #[derive(Debug, Default)]
 struct ColonKey {
+    /// A `sec` record (a secret key), not a `pub` one.
+    secret: bool,
     validity: String,
     expires: Option<i64>,
     caps: String,
@@ -103,6 +105,7 @@ fn parse_colons(out: &str) -> Vec<ColonKey> {
         let field = |i: usize| f.get(i).copied().unwrap_or("");
         match field(0) {
             "sec" | "pub" => keys.push(ColonKey {
+                secret: field(0) == "sec",
                 validity: field(1).to_string(),
                 expires: field(6).parse().ok().filter(|e| *e > 0),
                 caps: field(11).to_string(),
@@ -224,26 +227,42 @@ pub fn export_public(home: &GpgHome, fingerprint: &str, armor: bool, dest: &Path
     Ok(())
 }
 
-/// The fingerprints of the primary keys in a public key file.
+/// The fingerprints of the primary keys in a public key file: an error naming the file when it
+/// holds no OpenPGP public key (gpg's own words follow) or holds a secret key.
 pub fn fingerprints_in(file: &Path) -> Result<Vec<String>> {
+    let data = fs_err::read(file)?;
     // A throwaway home: showing a file's keys must not create or touch anyone's ~/.gnupg.
     let tmp = tempfile::Builder::new()
         .prefix("cairn-gpg-")
         .tempdir()
         .context("making a temporary GPG home")?;
-    let out = GpgHome(Some(tmp.path().to_path_buf()))
+    let (status, out) = GpgHome(Some(tmp.path().to_path_buf()))
         .gpg()
-        .args(["--with-colons", "--show-keys", "--"])
-        .arg(file)
-        .run()
+        .args(["--with-colons", "--show-keys"])
+        .stdin_bytes(data)
+        .run_status()
         .with_context(|| format!("reading the public key {}", file.display()))?;
-    let fprs: Vec<String> = parse_colons(&out.stdout)
+    let keys = parse_colons(&out.stdout);
+    if keys.iter().any(|k| k.secret) {
+        bail!(
+            "{} holds a secret key: name its public key (`cairn key new` writes it as \
+             <KEYID>.asc beside the key), and keep the secret one out of image inputs",
+            file.display()
+        );
+    }
+    let fprs: Vec<String> = keys
         .into_iter()
         .map(|k| k.fingerprint)
         .filter(|f| !f.is_empty())
         .collect();
-    if fprs.is_empty() {
-        bail!("{}: no OpenPGP public key in it", file.display());
+    if !status.success() || fprs.is_empty() {
+        let why = out
+            .stderr
+            .lines()
+            .map(|l| l.trim_start_matches("gpg: ").trim())
+            .find(|l| !l.is_empty() && !l.contains("keybox") && !l.contains("trustdb"))
+            .unwrap_or("no key found");
+        bail!("{}: no OpenPGP public key in it ({why})", file.display());
     }
     Ok(fprs)
 }
@@ -291,6 +310,59 @@ pub fn new_key(dir: &Path, user_id: &str, expire: &str) -> Result<NewKey> {
         .unwrap_or(dir)
         .join(format!("{}.asc", key.key_id));
     export_public(&home, &fpr, true, &public_key)?;
+    Ok(NewKey {
+        key,
+        homedir: home.dir().unwrap_or(dir).to_path_buf(),
+        public_key,
+    })
+}
+
+/// The release key in the GPG home `dir`, made there on first use (an image manifest's
+/// `release-key`): the one secret key the home holds, and its public key `<KEYID>.asc` beside
+/// it (written when missing). A home with more than one secret key is an error naming them.
+pub fn release_key(dir: &Path) -> Result<NewKey> {
+    let home = GpgHome::resolve(Some(dir))?;
+    let listed = if dir.is_dir() {
+        let out = home
+            .gpg()
+            .args(["--with-colons", "--fixed-list-mode", "--list-secret-keys"])
+            .run_status()
+            .with_context(|| format!("listing the secret keys in {}", dir.display()))?
+            .1;
+        parse_colons(&out.stdout)
+    } else {
+        Vec::new()
+    };
+    let fpr = match listed.as_slice() {
+        [] => {
+            let k = new_key(dir, "cairn release key (made on first use)", "2y")?;
+            tracing::info!(
+                "made the release key {} in {} (its public key: {})",
+                k.key.fingerprint,
+                k.homedir.display(),
+                k.public_key.display()
+            );
+            return Ok(k);
+        }
+        [one] => one.fingerprint.clone(),
+        many => bail!(
+            "the release key's GPG home {} holds {} secret keys ({}): keep one there",
+            dir.display(),
+            many.len(),
+            many.iter()
+                .map(|k| k.fingerprint.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let key = secret_key(&home, &fpr)?;
+    let public_key = home
+        .dir()
+        .unwrap_or(dir)
+        .join(format!("{}.asc", key.key_id));
+    if !public_key.is_file() {
+        export_public(&home, &fpr, true, &public_key)?;
+    }
     Ok(NewKey {
         key,
         homedir: home.dir().unwrap_or(dir).to_path_buf(),

@@ -66,6 +66,8 @@ fn manifest(dir: &Path, key: &Path) -> PathBuf {
             )),
             Some("trial-boots") => out.push_str("trial-boots = 1"),
             Some("health-deadline") => out.push_str(&format!("health-deadline = \"{DEADLINE}\"")),
+            // The test key instead of the shipped release key made on first use.
+            Some("release-key") => continue,
             Some("provisioning") => out.push_str(&format!(
                 "{line}\nremote-gpg-key-file = \"{}\"",
                 key.display()

@@ -66,6 +66,8 @@ pub fn the_base_disk_image_has_gpt_grub_and_a_hardlinked_kernel(w: &mut World) {
         &manifest,
         shipped
             .replace("provisioning = \"nocloud\"", "provisioning = \"none\"")
+            // The release key made on first use, in the test's directory.
+            .replace("\"../build/release-key\"", "\"release-key\"")
             .replace(
                 "treefile = \"../treefiles/blessed.toml\"",
                 &format!("ref = \"{BASE_REF}\""),
@@ -176,6 +178,8 @@ size = "4G"
 firmware = ["bios", "uefi"]
 formats = ["raw", "qcow2"]
 provisioning = "none"
+# No remote to trust: the explicit opt-out of signed updates.
+remote-gpg-verify = false
 
 [[partitions]]
 label = "BIOS-BOOT"

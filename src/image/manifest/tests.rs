@@ -2,11 +2,133 @@
 
 use super::*;
 
+/// The manifest `body` as m.toml beside an empty t.toml; without a key to trust, with
+/// `remote-gpg-verify = false` after its top-level keys (the lines before stay where they are).
 fn write(dir: &Path, body: &str) -> PathBuf {
+    let body = if ["remote-gpg-key-file", "release-key", "remote-gpg-verify"]
+        .iter()
+        .any(|k| body.contains(k))
+    {
+        body.to_string()
+    } else {
+        let (top, tables) = body.split_at(body.find("[[").unwrap_or(body.len()));
+        format!("{top}remote-gpg-verify = false\n{tables}")
+    };
+    write_as_is(dir, &body)
+}
+
+fn write_as_is(dir: &Path, body: &str) -> PathBuf {
     fs_err::write(dir.join("t.toml"), "").unwrap();
     let p = dir.join("m.toml");
     fs_err::write(&p, body).unwrap();
     p
+}
+
+/// A public key file made by gpg, and a secret one, in `dir`.
+fn keys(dir: &Path) -> (PathBuf, PathBuf) {
+    let k = crate::release::key::new_key(&dir.join("home"), "manifest test", "1d").unwrap();
+    let secret = dir.join("secret.asc");
+    let out = std::process::Command::new("gpg")
+        .args(["--batch", "--homedir"])
+        .arg(&k.homedir)
+        .args(["--armor", "--export-secret-keys", &k.key.fingerprint])
+        .output()
+        .unwrap();
+    fs_err::write(&secret, out.stdout).unwrap();
+    (k.public_key, secret)
+}
+
+#[test]
+fn signed_by_default() {
+    let d = tempfile::Builder::new()
+        .prefix("cairn-mt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (public, secret) = keys(d.path());
+    let top = "name = \"x\"\ntreefile = \"t.toml\"\n";
+    let e = format!("{:#}", load(&write_as_is(d.path(), top)).unwrap_err());
+    assert!(
+        e.contains("m.toml: key `remote-gpg-key-file` is missing")
+            && e.contains("remote-gpg-verify = false"),
+        "{e}"
+    );
+    let m = load(&write_as_is(
+        d.path(),
+        &format!(
+            "{top}remote-gpg-key-file = {:?}\n",
+            public.display().to_string()
+        ),
+    ))
+    .unwrap();
+    let Trust::Key(k) = &m.trust else {
+        panic!("{:?}", m.trust)
+    };
+    assert_eq!(
+        (k.file.as_path(), k.fingerprints.len()),
+        (public.as_path(), 1)
+    );
+    let m = load(&write_as_is(
+        d.path(),
+        &format!("{top}release-key = \"rk\"\n"),
+    ))
+    .unwrap();
+    assert_eq!(m.trust, Trust::ReleaseKey(d.path().join("rk")));
+    assert!(
+        !d.path().join("rk").exists(),
+        "loading wrote the release key"
+    );
+    let m = load(&write_as_is(
+        d.path(),
+        &format!("{top}remote-gpg-verify = false\n"),
+    ))
+    .unwrap();
+    assert_eq!(m.trust, Trust::Unverified);
+    fs_err::write(d.path().join("junk.asc"), "not a key\n").unwrap();
+    let secret = secret.display().to_string();
+    for (line, want) in [
+        (
+            "remote-gpg-key-file = \"junk.asc\"".to_string(),
+            "m.toml:3: key `remote-gpg-key-file`: ",
+        ),
+        (
+            format!("remote-gpg-key-file = {secret:?}"),
+            "holds a secret key",
+        ),
+        (
+            "remote-gpg-key-file = \"t.toml\"".to_string(),
+            "no OpenPGP public key",
+        ),
+        (
+            "release-key = \"t.toml\"".to_string(),
+            "m.toml:3: key `release-key`",
+        ),
+        (
+            "release-key = \"\"".to_string(),
+            "m.toml:3: key `release-key`",
+        ),
+        (
+            "remote-gpg-key-file = \"junk.asc\"\nrelease-key = \"rk\"".to_string(),
+            "give one, not both",
+        ),
+        (
+            "release-key = \"rk\"\nremote-gpg-verify = false".to_string(),
+            "m.toml:4: key `remote-gpg-verify` is false",
+        ),
+        (
+            "remote-gpg-verify = true".to_string(),
+            "key `remote-gpg-key-file` is missing",
+        ),
+        (
+            "remote-gpg-verify = \"no\"".to_string(),
+            "remote-gpg-verify",
+        ),
+    ] {
+        let e = format!(
+            "{:#}",
+            load(&write_as_is(d.path(), &format!("{top}{line}\n"))).unwrap_err()
+        );
+        assert!(e.contains(want), "{line} → {e}");
+    }
 }
 
 #[test]
@@ -47,15 +169,19 @@ fn trial_settings() {
 
 #[test]
 fn remote_url_and_key_file() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("k.asc"), "key").unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("cairn-mt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (public, _) = keys(d.path());
+    std::fs::copy(&public, d.path().join("k.asc")).unwrap();
     let m = load(&write(
         d.path(),
         "name = \"x\"\ntreefile = \"t.toml\"\nremote-url = \"https://u.example/repo\"\nremote-gpg-key-file = \"k.asc\"\n",
     ))
     .unwrap();
     assert_eq!(m.remote_url.as_deref(), Some("https://u.example/repo"));
-    assert_eq!(m.remote_gpg_key_file, Some(d.path().join("k.asc")));
+    assert!(matches!(&m.trust, Trust::Key(k) if k.file == d.path().join("k.asc")));
     let e = load(&write(
         d.path(),
         "name = \"x\"\ntreefile = \"t.toml\"\nremote-gpg-key-file = \"none.asc\"\n",
@@ -151,8 +277,8 @@ fn bad_manifests_name_file_and_key() {
         ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"..\"\n", "m.toml:3: key `osname`"),
         ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"a/b\"\n", "m.toml:3: key `osname`"),
         ("name = \"x\"\ntreefile = \"t.toml\"\nosname = \"tab\\there\"\n", "m.toml:3: key `osname`"),
-        ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"bad\\nlabel\"\ntype = \"root\"\n", "m.toml:3: key `partitions.label`"),
-        ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"a-partition-name-longer-than-36-chars\"\ntype = \"root\"\n", "m.toml:3: key `partitions.label`"),
+        ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"bad\\nlabel\"\ntype = \"root\"\n", "m.toml:4: key `partitions.label`"),
+        ("name = \"x\"\ntreefile = \"t.toml\"\n[[partitions]]\nlabel = \"a-partition-name-longer-than-36-chars\"\ntype = \"root\"\n", "m.toml:4: key `partitions.label`"),
     ];
     for (body, want) in cases {
         let e = format!("{:#}", load(&write(d.path(), body)).unwrap_err());
