@@ -31,15 +31,26 @@ impl Located {
 /// it is too, for the lines of later errors.
 pub fn parse_toml<T: DeserializeOwned>(path: &Path, what: &str) -> Result<(Located, T)> {
     let text = fs_err::read_to_string(path).with_context(|| format!("reading the {what}"))?;
-    let raw = toml::from_str(&text).map_err(|e| {
-        anyhow!(
-            "{}: invalid {what}: {}",
-            path.display(),
-            e.to_string().trim_end()
-        )
-    })?;
+    let raw = toml::from_str(&text).map_err(|e| toml_error(path, what, &text, &e))?;
     let file = path.display().to_string();
     Ok((Located { file, text }, raw))
+}
+
+/// A TOML parse error of the file at `path`; a value of the wrong type or range names its key
+/// (the one on the line before the value), as every later check does.
+pub fn toml_error(path: &Path, what: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let key = e.span().and_then(|s| {
+        let start = text.get(..s.start)?.rfind('\n').map_or(0, |i| i + 1);
+        let (k, _) = text.get(start..s.start)?.split_once('=')?;
+        let k = k.trim().trim_matches('"');
+        (!k.is_empty()).then(|| format!(" key `{k}`:"))
+    });
+    anyhow!(
+        "{}: invalid {what}:{} {}",
+        path.display(),
+        key.unwrap_or_default(),
+        e.to_string().trim_end()
+    )
 }
 
 /// A name that becomes a file or directory name: letters, digits, `-`, `_` and `.`, not

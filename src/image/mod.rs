@@ -241,7 +241,33 @@ fn deploy_tree(ctx: &Ctx) -> Result<String> {
         let kernels = dir_size(&ctx.w("bootfs/ostree"))?;
         manifest::check_boot_size(ctx.m, kernels)?;
     }
+    manifest::check_root_size(ctx.m, tree_usage(&sysroot)?)?;
     Ok(dep)
+}
+
+/// The bytes a tree takes in 4 KiB blocks: each file once however many hardlinks it has (the
+/// repo's objects and the deployment share them), a block per directory and per long symlink.
+fn tree_usage(root: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    const BLOCK: u64 = 4096;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        total += BLOCK;
+        for e in fs_err::read_dir(&dir)? {
+            let e = e?;
+            let m = fs_err::symlink_metadata(e.path())?;
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if m.is_file() && (m.nlink() == 1 || seen.insert(m.ino())) {
+                total += m.len().div_ceil(BLOCK) * BLOCK;
+            } else if m.file_type().is_symlink() && m.len() >= 60 {
+                total += BLOCK;
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// What the node's trial machinery needs from the image: GRUB's environment block in the

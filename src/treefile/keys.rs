@@ -381,11 +381,5 @@ pub const NOT_HASHED: &[&str] = &["gpg-key"];
 
 /// Read `src` (the file at `path`) into raw keys.
 pub fn parse(path: &Path, src: &str) -> Result<RawTreefile> {
-    toml::from_str(src).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: invalid treefile: {}",
-            path.display(),
-            e.to_string().trim_end()
-        )
-    })
+    toml::from_str(src).map_err(|e| crate::base::span::toml_error(path, "treefile", src, &e))
 }

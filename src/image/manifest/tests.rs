@@ -295,3 +295,27 @@ fn boot_must_hold_two_deployments() {
     assert!(e.contains("two deployments") && e.contains("64 MiB"), "{e}");
     assert!(check_boot_size(&m, 10 * MIB).is_ok());
 }
+
+#[test]
+fn a_commit_larger_than_the_root_partition_names_size() {
+    let d = tempfile::tempdir().unwrap();
+    let m = load(&write(
+        d.path(),
+        "name = \"x\"\ntreefile = \"t.toml\"\nsize = \"1G\"\n",
+    ))
+    .unwrap();
+    check_root_size(&m, 600 * MIB).unwrap();
+    let e = check_root_size(&m, 1000 * MIB).unwrap_err().to_string();
+    assert!(
+        e.contains("m.toml: key `size`") && e.contains("1000 MiB of files"),
+        "{e}"
+    );
+    // The size it asks for is enough.
+    let want = e
+        .rsplit("at least \"")
+        .next()
+        .unwrap()
+        .trim_end_matches("M\"");
+    let body = format!("name = \"x\"\ntreefile = \"t.toml\"\nsize = \"{want}M\"\n");
+    check_root_size(&load(&write(d.path(), &body)).unwrap(), 1000 * MIB).unwrap();
+}
