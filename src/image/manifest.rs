@@ -470,33 +470,35 @@ pub fn check_root_size(m: &Manifest, used: u64) -> Result<()> {
         .ok_or_else(|| anyhow!("internal: a validated layout without a root partition"))?;
     // mke2fs's defaults: a 256-byte inode per 16 KiB (1/64 of the filesystem), a journal of
     // 16 to 64 MiB at these sizes, ~1/32 of the data for extent and directory blocks.
-    let journal = match root.size {
-        s if s < 128 * MIB => 4 * MIB,
-        s if s < (1 << 30) => 16 * MIB,
-        s if s < (2 << 30) => 32 * MIB,
-        _ => 64 * MIB,
+    let need = |size: u64| {
+        let journal = match size {
+            s if s < 128 * MIB => 4 * MIB,
+            s if s < (1 << 30) => 16 * MIB,
+            s if s < (2 << 30) => 32 * MIB,
+            _ => 64 * MIB,
+        };
+        used + used / 32 + size / 64 + journal + 8 * MIB
     };
-    let need = used + used / 32 + root.size / 64 + journal + 8 * MIB;
-    if root.size < need {
-        let others: u64 = m
-            .partitions
-            .iter()
-            .filter(|p| p.kind != PartKind::Root)
-            .map(|p| p.size)
-            .sum();
-        let disk = (need + others + 2 * MIB).div_ceil(64 * MIB) * 64;
-        bail!(
-            "{}: key `size`: the root partition ({}) would have {} MiB, but the commit needs \
-             about {} MiB ({} MiB of files, and ext4's metadata): make `size` at least \"{}M\"",
-            m.path.display(),
-            root.label,
-            root.size / MIB,
-            need.div_ceil(MIB),
-            used.div_ceil(MIB),
-            disk
-        );
+    if root.size >= need(root.size) {
+        return Ok(());
     }
-    Ok(())
+    // The disk size to ask for: the other partitions stay, the root one takes the rest (its
+    // metadata grows with it), in steps of 64 MiB.
+    let others = m.size - root.size;
+    let mut disk = (m.size / (64 * MIB) + 1) * 64 * MIB;
+    while disk - others < need(disk - others) {
+        disk += 64 * MIB;
+    }
+    bail!(
+        "{}: key `size`: the root partition ({}) would have {} MiB, but the commit needs \
+         about {} MiB ({} MiB of files, and ext4's metadata): make `size` at least \"{}M\"",
+        m.path.display(),
+        root.label,
+        root.size / MIB,
+        need(root.size).div_ceil(MIB),
+        used.div_ceil(MIB),
+        disk / MIB
+    )
 }
 
 /// Check that /boot holds two deployments' kernel and initramfs (an upgrade writes the new one
