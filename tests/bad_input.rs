@@ -104,6 +104,8 @@ fn cases() -> Vec<Case> {
         Case(SshFleet, "identity = \"id\"", "identity = \"missing\"", "identity"),
         Case(SshFleet, "service-address = \"127.0.0.1:18081\"", "service-address = \"127.0.0.1\"", "service-address"),
         Case(SshFleet, "service-address = \"127.0.0.1:18081\"", "service-address = \"127.0.0.1:0\"", "service-address"),
+        Case(SshFleet, "name = \"b\"", "name = \"b c\"", "provider.hosts.name"),
+        Case(SshFleet, "name = \"b\"", "name = \"../b\"", "provider.hosts.name"),
         Case(SshFleet, "", "[[provider.hosts]]\nname = \"a\"\naddress = \"127.0.0.2\"\nidentity = \"id\"\nservice-address = \"127.0.0.2:18081\"\n", "name"),
     ]
 }

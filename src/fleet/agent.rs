@@ -26,6 +26,11 @@ pub struct NodeStatus {
     pub verdict: Verdict,
     /// Its last automatic rollback: the commit that failed, and why.
     pub last_rollback: Option<(String, String)>,
+    /// The key that signed the booted commit as the node's remote verifies it (`None`: the node
+    /// verifies nothing, or its commit is unsigned).
+    pub signed_by: Option<String>,
+    /// The remote its deployment follows (the part of its origin before `:`; empty for none).
+    pub remote: String,
 }
 
 /// Why a node did not reach the new commit.
@@ -58,8 +63,29 @@ pub fn parse_status(node: &str, boot_id: &str, json: &str) -> Result<NodeStatus>
             .default_deployment()
             .map_or_else(|| booted.commit.clone(), |d| d.commit.clone()),
         verdict: s.verdict,
+        signed_by: s.booted().and_then(|d| d.signed_by.clone()),
         last_rollback: s.last_rollback.map(|r| (r.commit, r.reason)),
+        remote: booted
+            .origin
+            .as_deref()
+            .and_then(|o| o.split_once(':'))
+            .map(|(r, _)| r.to_string())
+            .unwrap_or_default(),
     })
+}
+
+/// The keyring the node's remote `remote` trusts (libostree's `<remote>.trustedkeys.gpg` in the
+/// node's repo), to check a commit against exactly the keys the node will.
+pub fn trusted_keyring(node: &str, ssh: &Ssh, remote: &str) -> Result<Vec<u8>> {
+    let q = crate::base::cmd::shell_quote;
+    let file = format!("/ostree/repo/{remote}.trustedkeys.gpg");
+    let out = ssh
+        .run(
+            &format!("od -An -v -tx1 {} | tr -d ' \\n'", q(&file)),
+            Duration::from_secs(60),
+        )
+        .with_context(|| format!("{node}: reading {file}"))?;
+    hex::decode(out.stdout.trim()).with_context(|| format!("{node}: {file} read as hex"))
 }
 
 /// Node `node`'s state now (an error when SSH does not answer).
@@ -213,6 +239,14 @@ mod tests {
         assert_eq!(c, "c".repeat(64));
         assert!(reason.starts_with("1 trial boot spent"), "{reason}");
         assert_eq!(st.default_commit, "b".repeat(64));
+        assert_eq!(st.remote, "cairn");
+        assert!(
+            st.signed_by
+                .as_deref()
+                .is_some_and(|k| k.contains("8A3F1C2B4D5E6F70")),
+            "the booted deployment's signer: {:?}",
+            st.signed_by
+        );
         let json = edited(|v| {
             v["verdict"] = "good".into();
             v["deployments"][0]["index"] = 1.into();
@@ -236,6 +270,12 @@ mod tests {
         });
         let st = parse_status("app-1", "b1", &json).unwrap();
         assert_eq!((st.version.as_str(), st.ref_.as_str()), ("", ""));
+        let json = edited(|v| {
+            v["booted"]["origin"] = serde_json::Value::Null;
+            v["deployments"][0]["signed_by"] = serde_json::Value::Null;
+        });
+        let st = parse_status("app-1", "b1", &json).unwrap();
+        assert_eq!((st.remote.as_str(), st.signed_by), ("", None));
     }
 
     #[test]

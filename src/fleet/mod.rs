@@ -10,6 +10,7 @@
 //! - [`load`]: a bounded load generator that counts every failed request;
 //! - [`provider`]: where nodes come from (local QEMU VMs, existing SSH hosts);
 //! - [`agent`]: a node's own agent over SSH, and its service's health;
+//! - [`trust`]: the target commit checked against the keys the nodes trust, before a rollout;
 //! - [`rollout`]: the driver, and one file per strategy (`in_place`, `replace`);
 //! - [`ops`] and [`status`]: what the command line calls (fleet up/down, rollout
 //!   start/resume/pause/abort/status).
@@ -26,6 +27,7 @@ pub mod provider;
 pub mod rollout;
 pub mod state;
 pub mod status;
+pub mod trust;
 
 /// The fleet's HAProxy configuration's backend name (for scripts and tests).
 pub const BACKEND: &str = haproxy::BACKEND;

@@ -15,6 +15,7 @@ use super::manifest::{Fleet, Strategy};
 use super::provider::{self, FleetRecord};
 use super::rollout::{self, Ctx};
 use super::state::{FileStore, Health, Node, NodeStep, Phase, Role, Rollout, Store, FORMAT};
+use super::trust::{self, Seen};
 use super::{agent, manifest};
 use crate::store::serve::RepoServer;
 
@@ -213,11 +214,23 @@ fn new_rollout(f: &Fleet, p: &Paths, o: &StartOpts) -> Result<Rollout> {
             }
         }
     }
-    let nodes = provider
+    let found = provider
         .nodes()?
         .into_iter()
-        .map(|n| {
-            let st = agent::status(&n.name, &n.ssh)?;
+        .map(|n| Ok((agent::status(&n.name, &n.ssh)?, n)))
+        .collect::<Result<Vec<_>>>()?;
+    let seen: Vec<Seen> = found
+        .iter()
+        .map(|(st, n)| Seen {
+            name: &n.name,
+            ssh: &n.ssh,
+            status: st,
+        })
+        .collect();
+    trust::check(&r, &o.to_ref, &to_commit, &seen)?;
+    let nodes = found
+        .into_iter()
+        .map(|(st, n)| {
             let done = f.policy.strategy == Strategy::InPlace && st.commit == to_commit;
             Ok(Node {
                 name: n.name,

@@ -84,17 +84,6 @@ pub fn signatures(
     commit: &str,
     with: Option<&Signer>,
 ) -> Result<Vec<Signature>> {
-    let detached = repo
-        .read_commit_detached_metadata(commit, gio::Cancellable::NONE)
-        .with_context(|| format!("reading the signatures of {commit}"))?;
-    let has_sigs = detached.is_some_and(|d| {
-        glib::VariantDict::new(Some(&d))
-            .lookup_value("ostree.gpgsigs", None)
-            .is_some()
-    });
-    if !has_sigs {
-        return Ok(Vec::new());
-    }
     let keyring = match with {
         Some(s) => {
             let f = tempfile::Builder::new()
@@ -107,14 +96,32 @@ pub fn signatures(
         }
         None => None,
     };
+    signatures_in(repo, commit, keyring.as_ref().map(|f| f.path()))
+}
+
+/// The GPG signatures on `commit`, checked against the public keys in the keyring file `keyring`
+/// (a node's `<remote>.trustedkeys.gpg`, say) when given.
+pub fn signatures_in(
+    repo: &ostree::Repo,
+    commit: &str,
+    keyring: Option<&std::path::Path>,
+) -> Result<Vec<Signature>> {
+    let detached = repo
+        .read_commit_detached_metadata(commit, gio::Cancellable::NONE)
+        .with_context(|| format!("reading the signatures of {commit}"))?;
+    let has_sigs = detached.is_some_and(|d| {
+        glib::VariantDict::new(Some(&d))
+            .lookup_value("ostree.gpgsigs", None)
+            .is_some()
+    });
+    if !has_sigs {
+        return Ok(Vec::new());
+    }
     let result = repo
         .verify_commit_ext(
             commit,
             gio::File::NONE,
-            keyring
-                .as_ref()
-                .map(|f| gio::File::for_path(f.path()))
-                .as_ref(),
+            keyring.map(gio::File::for_path).as_ref(),
             gio::Cancellable::NONE,
         )
         .with_context(|| format!("checking the signatures of {commit}"))?;

@@ -24,6 +24,10 @@ pub fn steps() -> Vec<Step<World>> {
     vec![
         Step::new("comes_up_behind_haproxy_and_serves", comes_up),
         Step::new(
+            "an_unsigned_commit_is_refused_before_any_node_is_touched",
+            unsigned_refused,
+        ),
+        Step::new(
             "a_second_rollout_is_refused_naming_the_holder",
             second_start_refused,
         ),
@@ -99,6 +103,37 @@ fn comes_up(w: &mut World) {
     w.serving = Some(Serving::watch(w.fleets.join("it/haproxy")));
     let out = ureq::get(&w.url()).call().expect("the service answers");
     assert_eq!(out.status(), 200);
+}
+
+/// A commit of v1's tree that nobody signed: `rollout start` refuses it naming the key the nodes
+/// trust (read from a node's own keyring), and no rollout is recorded.
+fn unsigned_refused(w: &mut World) {
+    let out = std::process::Command::new("ostree")
+        .arg(format!("--repo={}", w.repo.display()))
+        .args([
+            "commit",
+            "--branch=test/unsigned",
+            "--tree=ref=cairn/amd64/app-example",
+            "--subject=unsigned",
+        ])
+        .output()
+        .unwrap();
+    ok("ostree commit", out);
+    let fleet = w.fleet.to_str().unwrap().to_string();
+    let out = w.cairn(&["rollout", "start", &fleet, "--to", "test/unsigned"]);
+    assert!(!out.status.success(), "an unsigned commit was rolled out");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("test/unsigned's commit")
+            && err.contains(&format!("is not signed by {}", w.fingerprint))
+            && err.contains("cairn sign test/unsigned"),
+        "{err}"
+    );
+    assert!(
+        w.rollout().is_null(),
+        "a rollout was recorded: {}",
+        w.rollout()
+    );
 }
 
 /// In place to v2: while the first rollout runs, a second `start` is refused naming it.

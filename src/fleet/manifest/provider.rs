@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::base::net;
+use crate::base::span::check_name;
 use crate::base::units::parse_size;
 
 use super::{Host, Provider};
@@ -26,7 +27,7 @@ pub(super) struct RawProvider {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawHost {
-    name: String,
+    name: Spanned<String>,
     address: String,
     ssh_port: Option<u16>,
     user: Option<String>,
@@ -95,10 +96,13 @@ fn ssh(p: RawProvider, dir: &Path, at: &dyn Fn(usize) -> String, p_at: &str) -> 
     for h in hosts {
         let h_at = at(h.span().start);
         let h = h.into_inner();
-        if out.iter().any(|o| o.name == h.name) || h.name.is_empty() {
+        // A node's name: a file name under the fleet's directory and a server in HAProxy's.
+        check_name(&h.name, "provider.hosts.name", 64, at)?;
+        if out.iter().any(|o| &o.name == h.name.get_ref()) {
             bail!(
-                "{h_at}: key `provider.hosts.name`: {:?} is empty or not unique",
-                h.name
+                "{}: key `provider.hosts.name`: {:?} is not unique",
+                at(h.name.span().start),
+                h.name.get_ref()
             );
         }
         out.push(host(h, dir, &h_at)?);
@@ -109,7 +113,12 @@ fn ssh(p: RawProvider, dir: &Path, at: &dyn Fn(usize) -> String, p_at: &str) -> 
 /// One host of the ssh provider, every value checked: an address, a port, a user, an identity
 /// file that can be read, the service's `host:port` (default: the address, port 80).
 fn host(h: RawHost, dir: &Path, h_at: &str) -> Result<Host> {
-    let key = |k: &str| format!("{h_at}: key `provider.hosts.{k}` of host {:?}", h.name);
+    let key = |k: &str| {
+        format!(
+            "{h_at}: key `provider.hosts.{k}` of host {:?}",
+            h.name.get_ref()
+        )
+    };
     net::host(&h.address).map_err(|e| anyhow!("{}: {:?} {e}", key("address"), h.address))?;
     let ssh_port =
         net::port(h.ssh_port.unwrap_or(22)).map_err(|e| anyhow!("{}: {e}", key("ssh-port")))?;
@@ -149,6 +158,6 @@ fn host(h: RawHost, dir: &Path, h_at: &str) -> Result<Host> {
         user,
         identity,
         address: h.address,
-        name: h.name,
+        name: h.name.into_inner(),
     })
 }

@@ -1,0 +1,54 @@
+//! The signature check before a rollout touches a node: a node whose booted commit is signed by
+//! the key its remote trusts verifies every commit it pulls, and would refuse an unsigned target
+//! (or one signed by another key) in the middle of the rollout. So `rollout start` checks the
+//! target commit in the build repo against that node's own keyring (read from the node) first,
+//! and refuses naming the node, its key and how to sign.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+
+use super::agent::{self, NodeStatus};
+use crate::base::text::short_hash;
+use crate::vm::ssh::Ssh;
+
+/// A node as the check sees it: its name, how to reach it, what it says of itself.
+pub struct Seen<'a> {
+    pub name: &'a str,
+    pub ssh: &'a Ssh,
+    pub status: &'a NodeStatus,
+}
+
+/// Refuse `commit` (`to_ref`'s, in `repo`) unless every node that verifies its commits can
+/// verify it: one keyring read per distinct key and remote, from the first node that trusts it.
+pub fn check(repo: &ostree::Repo, to_ref: &str, commit: &str, nodes: &[Seen]) -> Result<()> {
+    let mut keys: BTreeMap<(&str, &str), &Seen> = BTreeMap::new();
+    for n in nodes {
+        if let Some(fpr) = &n.status.signed_by {
+            keys.entry((fpr.as_str(), n.status.remote.as_str()))
+                .or_insert(n);
+        }
+    }
+    for ((fpr, remote), n) in keys {
+        let ring = agent::trusted_keyring(n.name, n.ssh, remote)?;
+        let file = tempfile::Builder::new()
+            .prefix("cairn-node-keys-")
+            .suffix(".gpg")
+            .tempfile()
+            .context("making a temporary keyring")?;
+        std::fs::write(file.path(), &ring)
+            .with_context(|| format!("writing {}", file.path().display()))?;
+        let sigs = crate::release::sign::signatures_in(repo, commit, Some(file.path()))?;
+        if !sigs.iter().any(|s| s.valid && s.fingerprint == fpr) {
+            bail!(
+                "{to_ref}'s commit {} is not signed by {fpr}, the key {} trusts (it verifies \
+                 every commit it pulls, and would refuse this one): sign it first, with \
+                 `cairn sign {to_ref} --key-id {fpr} --gpg-homedir DIR` where DIR holds that key \
+                 (build/release-key for the shipped manifests' release-key)",
+                short_hash(commit),
+                n.name
+            );
+        }
+    }
+    Ok(())
+}
