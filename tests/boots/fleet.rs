@@ -1,17 +1,20 @@
-//! Fleet rollouts end to end through the qemu provider: two nodes of the app-example image
-//! behind HAProxy on loopback, a bounded load through HAProxy for the whole chain that counts
-//! every failed request, a watch on how many nodes serve, and the operator's commands. Each
-//! step is a named test on the one fleet (see `../chain`); together they prove zero failed
-//! requests and never fewer than `nodes − max-unavailable` serving. Needs root, the build
-//! host's apt sources, QEMU, HAProxy and gpg (.ci/deps installs them).
+//! Fleet rollouts end to end: two nodes of the app-example image behind HAProxy on loopback,
+//! brought up by the qemu provider and handed, for one rollout, to a fleet of the `ssh`
+//! provider as existing hosts (their own HAProxy); a bounded load through the driven fleet's
+//! HAProxy for the whole chain that counts every failed request, a watch on how many nodes
+//! serve, and the operator's commands. Each step is a named test on the one world (see
+//! `../chain`); together they prove zero failed requests and never fewer than `nodes −
+//! max-unavailable` serving. Needs root, the build host's apt sources, QEMU, HAProxy and gpg
+//! (.ci/deps installs them).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::chain::Step;
-use super::fleet_world::{ok, text, Serving, World};
-use cairn::fleet::load::{Load, LoadOpts};
+use super::fleet_world::{ok, text, World};
+use cairn::fleet::haproxy::Haproxy;
+use cairn::fleet::provider::FleetRecord;
 use serde_json::Value;
 
 /// The fleet's size and its policy's `max-unavailable` (fleet_world.rs writes them): two nodes
@@ -28,12 +31,20 @@ pub fn steps() -> Vec<Step<World>> {
             unsigned_refused,
         ),
         Step::new(
+            "an_ssh_fleet_of_the_same_vms_comes_up_behind_its_own_haproxy",
+            ssh_fleet_comes_up,
+        ),
+        Step::new(
             "a_second_rollout_is_refused_naming_the_holder",
             second_start_refused,
         ),
         Step::new(
             "an_in_place_rollout_killed_mid_batch_resumes_to_done",
             in_place_resumes,
+        ),
+        Step::new(
+            "the_ssh_fleet_goes_down_and_its_hosts_serve_on",
+            ssh_fleet_goes_down,
         ),
         Step::new(
             "a_replace_rollout_killed_at_each_step_resumes_to_done",
@@ -94,13 +105,7 @@ fn comes_up(w: &mut World) {
         w.cairn(&["fleet", "up", w.fleet.to_str().unwrap()]),
     );
     w.up = true;
-    w.load = Some(Load::start(&LoadOpts {
-        url: w.url(),
-        workers: 2,
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_secs(10),
-    }));
-    w.serving = Some(Serving::watch(w.fleets.join("it/haproxy")));
+    w.drive("it", w.qemu_fleet.clone());
     let out = ureq::get(&w.url()).call().expect("the service answers");
     assert_eq!(out.status(), 200);
 }
@@ -136,7 +141,28 @@ fn unsigned_refused(w: &mut World) {
     );
 }
 
-/// In place to v2: while the first rollout runs, a second `start` is refused naming it.
+/// The qemu fleet's VMs handed to a fleet of the `ssh` provider as existing hosts (their
+/// forwarded SSH ports, the fleet's key): it comes up behind an HAProxy of its own, and the load
+/// and the watch move to it for its rollout (the next two steps).
+fn ssh_fleet_comes_up(w: &mut World) {
+    w.write_ssh_fleet();
+    let ssh = w.ssh_fleet.to_str().unwrap().to_string();
+    ok("fleet up (ssh)", w.cairn(&["fleet", "up", &ssh]));
+    w.ssh_up = true;
+    let rec: FleetRecord =
+        serde_json::from_str(&std::fs::read_to_string(w.fleets.join("it-ssh/fleet.json")).unwrap())
+            .unwrap();
+    let names = |r: &FleetRecord| r.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&rec), names(&w.qemu_record()));
+    assert!(rec.nodes.iter().all(|n| n.vm.is_none()), "{rec:?}");
+    w.drive("it-ssh", w.ssh_fleet.clone());
+    let out = ureq::get(&w.url())
+        .call()
+        .expect("the ssh fleet's service answers");
+    assert_eq!(out.status(), 200);
+}
+
+/// In place to v2 on the ssh fleet: while the first rollout runs, a second `start` is refused naming it.
 fn second_start_refused(w: &mut World) {
     let v2 = w.compose("v2", &World::app_lines(&["hello"], &[]));
     w.versions.push(v2);
@@ -187,6 +213,33 @@ fn in_place_resumes(w: &mut World) {
     }
 }
 
+/// The ssh fleet, its rollout done, goes down (its HAProxy; never its hosts): once the qemu
+/// fleet's HAProxy sees both nodes up again, the load and the watch move back to it, and the
+/// hosts serve v2 through it.
+fn ssh_fleet_goes_down(w: &mut World) {
+    let lb = Haproxy {
+        dir: w.fleets.join("it/haproxy"),
+    };
+    for n in w.qemu_record().nodes {
+        lb.wait_up(&n.name, Duration::from_secs(300)).unwrap();
+    }
+    w.drive("it", w.qemu_fleet.clone());
+    let ssh = w.ssh_fleet.to_str().unwrap().to_string();
+    ok("fleet down (ssh)", w.cairn(&["fleet", "down", &ssh]));
+    w.ssh_up = false;
+    assert!(!w.fleets.join("it-ssh/fleet.json").exists());
+    let body = ureq::get(&w.url())
+        .call()
+        .expect("the qemu fleet's service answers")
+        .into_string()
+        .unwrap();
+    let v2 = version(&w.versions[1]);
+    assert!(
+        body.contains(&v2),
+        "not v2 ({v2}) after the ssh fleet's rollout: {body}"
+    );
+}
+
 /// Start `cairn rollout start … --strategy replace`, its progress lines readable.
 fn spawn_replace(w: &World) -> (Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
     let mut c = w
@@ -205,7 +258,8 @@ fn spawn_replace(w: &World) -> (Child, std::io::Lines<BufReader<std::process::Ch
 fn replace_resumes(w: &mut World) {
     let v3 = w.compose("v3", &World::app_lines(&["hello", "tree"], &[]));
     w.image();
-    let old: Vec<String> = steps_of(&w.rollout()).into_iter().map(|s| s.0).collect();
+    let old: Vec<String> = w.qemu_record().nodes.into_iter().map(|n| n.name).collect();
+    assert_eq!(old.len(), NODES);
     let mut kills = vec!["creating", "joining", "baking", "draining", "removing"];
     while !kills.is_empty() {
         let (mut child, lines) = spawn_replace(w);
@@ -347,21 +401,32 @@ fn lost_node_halts(w: &mut World) {
 /// The load saw no failed request, and HAProxy never had fewer than `nodes − max-unavailable`
 /// nodes serving (the lost node of the step before was out of service when it died).
 fn no_request_failed(w: &mut World) {
-    let report = w.load.take().expect("the load of the first step").stop();
-    eprintln!(
-        "load: {} requests, {} failed {:?}, by page: {:?}, in {:.0} s",
-        report.requests, report.failed, report.failures, report.bodies, report.seconds
+    let (Some(load), Some(watch)) = (w.load.take(), w.serving.take()) else {
+        panic!("no load: the first step did not start it");
+    };
+    let (fewest, lows) = watch.stop();
+    let mut seen = std::mem::take(&mut w.seen);
+    seen.push((w.name.to_string(), load.stop(), fewest, lows));
+    assert_eq!(
+        seen.len(),
+        3,
+        "the qemu fleet, the ssh fleet, the qemu fleet again"
     );
-    assert!(report.requests > 100, "{report:?}");
-    assert_eq!(report.failed, 0, "failed requests: {:?}", report.examples);
-    let (fewest, lows) = w
-        .serving
-        .take()
-        .expect("the watch of the first step")
-        .stop();
-    eprintln!("serving: at fewest {fewest}: {lows:?}");
-    assert!(
-        fewest >= NODES - MAX_UNAVAILABLE,
-        "only {fewest} nodes served at one point: {lows:?}"
-    );
+    for (fleet, report, fewest, lows) in &seen {
+        eprintln!(
+            "load through {fleet}: {} requests, {} failed {:?}, by page: {:?}, in {:.0} s; \
+             serving: at fewest {fewest}: {lows:?}",
+            report.requests, report.failed, report.failures, report.bodies, report.seconds
+        );
+        assert!(report.requests > 100, "{fleet}: {report:?}");
+        assert_eq!(
+            report.failed, 0,
+            "{fleet}: failed requests: {:?}",
+            report.examples
+        );
+        assert!(
+            *fewest >= NODES - MAX_UNAVAILABLE,
+            "{fleet}: only {fewest} nodes served at one point: {lows:?}"
+        );
+    }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn::fleet::haproxy::Haproxy;
-use cairn::fleet::load::Load;
+use cairn::fleet::load::{Load, LoadOpts, LoadReport};
+use cairn::fleet::provider::FleetRecord;
 use serde_json::Value;
 
 pub use super::release_world::{bin, ok, text};
@@ -32,14 +33,27 @@ pub struct World {
     pub fleets: PathBuf,
     pub gnupg: PathBuf,
     pub fingerprint: String,
+    /// The manifest of the fleet the steps drive now (the qemu fleet's, or the ssh fleet's of
+    /// the same VMs), and its name.
     pub fleet: PathBuf,
+    pub name: &'static str,
+    /// The qemu fleet's manifest, and the ssh fleet's (written once the VMs run).
+    pub qemu_fleet: PathBuf,
+    pub ssh_fleet: PathBuf,
     pub image_manifest: PathBuf,
     pub lb_port: u16,
+    pub ssh_lb_port: u16,
+    repo_port: u16,
     pub up: bool,
-    /// The load through HAProxy, from the fleet's coming up to the last scenario.
+    pub ssh_up: bool,
+    /// The load through the driven fleet's HAProxy, from the fleet's coming up to the last
+    /// scenario.
     pub load: Option<Load>,
-    /// The fewest nodes HAProxy saw serving, from the fleet's coming up on.
+    /// The fewest nodes the driven fleet's HAProxy saw serving.
     pub serving: Option<Serving>,
+    /// What the loads and watches of the fleets driven before the current one saw: the fleet,
+    /// the load's report, the fewest serving and when.
+    pub seen: Vec<(String, LoadReport, usize, Vec<String>)>,
     /// A rollout running in the background between two steps, and the commits composed.
     pub running: Option<Child>,
     pub versions: Vec<Value>,
@@ -51,8 +65,11 @@ impl Drop for World {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if self.ssh_up {
+            let _ = self.cairn(&["fleet", "down", self.ssh_fleet.to_str().unwrap()]);
+        }
         if self.up {
-            let _ = self.cairn(&["fleet", "down", self.fleet.to_str().unwrap()]);
+            let _ = self.cairn(&["fleet", "down", self.qemu_fleet.to_str().unwrap()]);
         }
     }
 }
@@ -101,6 +118,7 @@ impl World {
         )
         .unwrap();
         World {
+            ssh_fleet: dir.join("fleet-ssh.toml"),
             repo: blessed.fleet_repo.clone(),
             cache: dir.join("cache"),
             images: dir.join("images"),
@@ -108,12 +126,18 @@ impl World {
             dir,
             gnupg: sh.key.clone(),
             fingerprint: sh.fpr.clone(),
+            qemu_fleet: fleet.clone(),
             fleet,
+            name: "it",
             image_manifest,
             lb_port,
+            ssh_lb_port: port(),
+            repo_port,
             up: false,
+            ssh_up: false,
             load: None,
             serving: None,
+            seen: Vec::new(),
             running: None,
             versions: Vec::new(),
         }
@@ -226,14 +250,77 @@ impl World {
         ok("image", out);
     }
 
-    /// The rollout's state file.
+    /// The driven fleet's rollout state file.
     pub fn rollout(&self) -> Value {
-        let p = self.fleets.join("it/rollout.json");
+        let p = self.fleets.join(self.name).join("rollout.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "null".into())).unwrap()
     }
 
+    /// The driven fleet's service, through its HAProxy.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.lb_port)
+        let port = if self.name == "it" {
+            self.lb_port
+        } else {
+            self.ssh_lb_port
+        };
+        format!("http://127.0.0.1:{port}/")
+    }
+
+    /// The qemu fleet's record (its VMs, their SSH and service ports).
+    pub fn qemu_record(&self) -> FleetRecord {
+        let p = self.fleets.join("it/fleet.json");
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
+    /// An `ssh`-provider manifest of the qemu fleet's running VMs, handed over as existing
+    /// hosts: their forwarded SSH and service ports, the fleet's SSH key, its own HAProxy, the
+    /// same repo address (the one the images' remotes name) and policy.
+    pub fn write_ssh_fleet(&self) {
+        let mut hosts = String::new();
+        for n in self.qemu_record().nodes {
+            hosts.push_str(&format!(
+                "[[provider.hosts]]\nname = \"{}\"\naddress = \"{}\"\nssh-port = {}\n\
+                 user = \"{}\"\nidentity = \"{}\"\nservice-address = \"{}\"\n",
+                n.name,
+                n.ssh.host,
+                n.ssh.port,
+                n.ssh.user,
+                n.ssh.key.display(),
+                n.service
+            ));
+        }
+        std::fs::write(
+            &self.ssh_fleet,
+            format!(
+                "name = \"it-ssh\"\n[provider]\ntype = \"ssh\"\n{hosts}\
+                 [service]\nport = 80\nhealthy-threshold = 2\nhealth-timeout = \"5s\"\n\
+                 [load-balancer]\nlisten = \"127.0.0.1:{}\"\n\
+                 [repo]\nlisten = \"127.0.0.1:{}\"\n\
+                 [policy]\nmax-unavailable = 1\nbake-time = \"5s\"\n\
+                 drain-timeout = \"20s\"\nnode-timeout = \"25m\"\n",
+                self.ssh_lb_port, self.repo_port
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Drive fleet `name` (manifest `fleet`) from now on: the load and the watch of the one
+    /// before stop (what they saw is kept), and new ones start on this fleet's HAProxy.
+    pub fn drive(&mut self, name: &'static str, fleet: PathBuf) {
+        if let (Some(load), Some(watch)) = (self.load.take(), self.serving.take()) {
+            let (fewest, lows) = watch.stop();
+            self.seen
+                .push((self.name.to_string(), load.stop(), fewest, lows));
+        }
+        self.name = name;
+        self.fleet = fleet;
+        self.load = Some(Load::start(&LoadOpts {
+            url: self.url(),
+            workers: 2,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(10),
+        }));
+        self.serving = Some(Serving::watch(self.fleets.join(name).join("haproxy")));
     }
 }
 

@@ -1,11 +1,12 @@
 //! Named tests over one shared world: a chain is a list of steps, each one behaviour with its
 //! own test name, run in order on one world (a fleet, a VM, a repo and its composes) that the
 //! earlier steps built. Every step is a trial of its own; a trial runs the steps before it that
-//! have not run yet (so `cargo test --test compose NAME` works alone), and a step after a failed
-//! one fails naming the step that failed first (a check, which only reads what the steps before
-//! it left, fails alone). Each progress line carries the seconds since the binary started. Chains run side by side: each mostly waits on
-//! its own VMs or composes. Shared by the test binaries `boots`, `compose` and `release`
-//! (`harness = false`, libtest-mimic), each including it with `#[path]`.
+//! have not run yet (so `cargo test --test scenarios compose::NAME` works alone), and a step
+//! after a failed one fails naming the step that failed first (a check, which only reads what
+//! the steps before it left, fails alone). Each progress line carries the seconds since the
+//! binary started. Chains run side by side: each mostly waits on its own VMs or composes. Used
+//! by the test binary `scenarios` (`harness = false`, libtest-mimic), which includes it with
+//! `#[path]`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;

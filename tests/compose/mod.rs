@@ -2,18 +2,16 @@
 //! apt sources, and for the images the tools `.ci/deps` installs). One chain of named steps
 //! (`../chain`) over one world, so that they share composes: the base composed once from an
 //! empty repo and cache, which the images, the lockfile, the layers and the killed compose all
-//! start from, and two more composes of it from scratch that prove it reproducible. Each step
-//! is a test of its own, `compose::NAME` (`cargo test --test compose NAME` runs the steps
-//! before it first), and a step after a failed one fails naming the first failure.
+//! start from; it is reproducible when it equals the base the boot tests' shared world composed
+//! from its own empty repo and cache, and when the lockfile composes it again into a new repo.
+//! Each step is a test of its own, `compose::NAME` (`cargo test --test scenarios
+//! compose::NAME` runs the steps before it first), and a step after a failed one fails naming
+//! the first failure.
 //!
 //! - [`base`]: the first compose, the no-op, the lockfile, the reproducible composes;
 //! - [`image`]: disk images of the base commit;
 //! - [`layers`]: bad packages, the app layer on blessed, its SBOMs and files, a failing script;
 //! - [`killed`]: a compose SIGKILLed in the middle of its commit, and the one after it.
-
-#[macro_use]
-#[path = "../chain/mod.rs"]
-mod chain;
 
 mod base;
 mod env;
@@ -24,7 +22,7 @@ mod layout;
 
 use std::path::{Path, PathBuf};
 
-use chain::{Chain, Step};
+use crate::chain::{Chain, Step};
 use env::Env;
 
 const BASE: &str = "treefiles/base.toml";
@@ -65,16 +63,11 @@ impl World {
         self.work.path()
     }
 
-    /// A clean repo and cache, for the reproducible compose.
-    fn b(&self) -> Env {
-        Env::new(self.path(), "b")
-    }
-
-    /// A third repo, with `b`'s cache: the lockfile composes.
+    /// A new repo with the first compose's cache: the lockfile composes.
     fn c(&self) -> Env {
         Env {
             repo: Env::new(self.path(), "c").repo,
-            cache: self.b().cache,
+            cache: self.a.cache.clone(),
         }
     }
 
@@ -129,6 +122,7 @@ fn steps() -> Vec<Step<World>> {
     ]
 }
 
-fn main() -> std::process::ExitCode {
-    chain::run(Chain::new("compose", World::new, steps()).trials())
+/// The compose chain.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    Chain::new("compose", World::new, steps()).trials()
 }

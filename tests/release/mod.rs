@@ -3,25 +3,19 @@
 //! `cairn repo serve` to client repos made with the `ostree` CLI that verify signatures; a
 //! promotion, a prune, a retirement, the audit log, and bad input that changes nothing. One
 //! chain of named steps (`../chain`) over one repo: each step is a test of its own,
-//! `release::NAME` (`cargo test --test release NAME` runs the steps before it first), and a step
+//! `release::NAME` (`cargo test --test scenarios release::NAME` runs the steps before it first), and a step
 //! after a failed one fails naming the first failure.
 //!
 //! - [`publish`]: the signed composes, the server, the clients and the node that verify them;
 //! - [`lifecycle`]: promote, prune, retire, the audit log, and the bad input around them.
-
-#[macro_use]
-#[path = "../chain/mod.rs"]
-mod chain;
-#[path = "../release_world/mod.rs"]
-mod release_world;
 
 mod lifecycle;
 mod publish;
 
 use std::path::PathBuf;
 
-use chain::{Chain, Step};
-use release_world::{new_key, World};
+use crate::chain::{Chain, Step};
+use crate::release_world::{self, new_key, World};
 use serde_json::Value;
 
 /// The stable ref the release is promoted to, and retired.
@@ -114,6 +108,7 @@ fn steps() -> Vec<Step<Rel>> {
     ]
 }
 
-fn main() -> std::process::ExitCode {
-    chain::run(Chain::new("release", Rel::new, steps()).trials())
+/// The release chain.
+pub fn trials() -> Vec<libtest_mimic::Trial> {
+    Chain::new("release", Rel::new, steps()).trials()
 }
