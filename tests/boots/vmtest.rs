@@ -212,7 +212,7 @@ const CASES: &[(&str, &str)] = &[
     ("node/a4-rebase-eol@bios", "pass"),
     ("node/b1-unhealthy@uefi", "pass"),
     ("node/b2-hang@uefi", "pass"),
-    ("node/b3-power-loss@uefi", "pass"),
+    ("node/b3-power-loss@bios", "pass"),
     ("fails@bios", "fail"),
     ("skips@bios", "skip"),
 ];

@@ -124,5 +124,5 @@ fn steps() -> Vec<Step<World>> {
 
 /// The compose chain.
 pub fn trials() -> Vec<libtest_mimic::Trial> {
-    Chain::new("compose", World::new, steps()).trials()
+    Chain::niced("compose", World::new, steps(), 10).trials()
 }

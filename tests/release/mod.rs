@@ -110,5 +110,5 @@ fn steps() -> Vec<Step<Rel>> {
 
 /// The release chain.
 pub fn trials() -> Vec<libtest_mimic::Trial> {
-    Chain::new("release", Rel::new, steps()).trials()
+    Chain::niced("release", Rel::new, steps(), 10).trials()
 }
