@@ -93,6 +93,8 @@ fn cases() -> Vec<Case> {
         Case(Fleet, "health-path = \"/\"", "health-path = \"no-slash\"", "health-path"),
         Case(Fleet, "health-interval = \"1s\"", "health-interval = \"often\"", "health-interval"),
         Case(Fleet, "healthy-threshold = 3", "healthy-threshold = 0", "healthy-threshold"),
+        Case(Fleet, "healthy-threshold = 3", "healthy-threshold = 3\nunhealthy-threshold = 0", "unhealthy-threshold"),
+        Case(Fleet, "healthy-threshold = 3", "healthy-threshold = 3\nunhealthy-threshold = 11", "unhealthy-threshold"),
         Case(Fleet, "listen = \"127.0.0.1:18080\"", "listen = \"127.0.0.1\"", "listen"),
         Case(Fleet, "listen = \"127.0.0.1:18080\"", "listen = \"127.0.0.1:port\"", "listen"),
         Case(Fleet, "strategy = \"in-place\"", "strategy = \"yolo\"", "strategy"),

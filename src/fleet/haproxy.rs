@@ -93,13 +93,14 @@ pub fn config(dir: &Path, listen: &str, servers: &[(String, String)], s: &Servic
          \x20   option httpchk GET {path}\n\
          \x20   http-check expect status 200-399\n\
          \x20   timeout check {check}ms\n\
-         \x20   default-server inter {inter}ms fall 2 rise {rise}\n",
+         \x20   default-server inter {inter}ms fall {fall} rise {rise}\n",
         sock = dir.join("admin.sock").display(),
         pid = dir.join("haproxy.pid").display(),
         path = s.health_path,
         inter = s.health_interval.as_millis().max(100),
         check = s.health_timeout.as_millis().max(100),
         rise = s.healthy_threshold.max(1),
+        fall = s.unhealthy_threshold.max(1),
     );
     for (name, addr) in servers {
         c.push_str(&format!("    server {name} {addr} check\n"));
@@ -380,6 +381,7 @@ mod tests {
             health_interval: Duration::from_secs(1),
             health_timeout: Duration::from_secs(2),
             healthy_threshold: 2,
+            unhealthy_threshold: 2,
         };
         let cfg = d.path().join("h.cfg");
         std::fs::write(

@@ -41,6 +41,7 @@ struct RawService {
     health_interval: Option<String>,
     health_timeout: Option<String>,
     healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +101,8 @@ pub struct Service {
     pub health_timeout: Duration,
     /// Consecutive successes that make a node healthy.
     pub healthy_threshold: u32,
+    /// Consecutive failed checks that take a serving node out of the load balancer.
+    pub unhealthy_threshold: u32,
 }
 
 /// How a rollout moves nodes to the new commit.
@@ -230,6 +233,7 @@ fn service(raw: Option<Spanned<RawService>>, at: &dyn Fn(usize) -> String) -> Re
             health_interval: Duration::from_secs(1),
             health_timeout: Duration::from_secs(2),
             healthy_threshold: 3,
+            unhealthy_threshold: 2,
         });
     };
     let s_at = at(s.span().start);
@@ -241,6 +245,10 @@ fn service(raw: Option<Spanned<RawService>>, at: &dyn Fn(usize) -> String) -> Re
     let threshold = s.healthy_threshold.unwrap_or(3);
     if threshold == 0 {
         bail!("{s_at}: key `service.healthy-threshold` must be at least 1");
+    }
+    let unhealthy = s.unhealthy_threshold.unwrap_or(2);
+    if !(1..=10).contains(&unhealthy) {
+        bail!("{s_at}: key `service.unhealthy-threshold`: {unhealthy} is not 1 to 10");
     }
     let port = crate::base::net::port(s.port.unwrap_or(80))
         .map_err(|e| anyhow!("{s_at}: key `service.port`: {e}"))?;
@@ -256,6 +264,7 @@ fn service(raw: Option<Spanned<RawService>>, at: &dyn Fn(usize) -> String) -> Re
         )?,
         health_timeout: duration(&s.health_timeout, &s_at, "service.health-timeout", 2, "2s")?,
         healthy_threshold: threshold,
+        unhealthy_threshold: unhealthy,
     })
 }
 

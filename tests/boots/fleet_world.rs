@@ -104,12 +104,14 @@ impl World {
         )
         .unwrap();
         let fleet = dir.join("fleet.toml");
+        // A node starved of CPU by the VMs beside it (TCG, two cores, up to five VMs) can miss
+        // a check or two while it serves: five failures in a row take it out, not two.
         std::fs::write(
             &fleet,
             format!(
                 "name = \"it\"\n\
                  [provider]\ntype = \"qemu\"\nimage = \"app.toml\"\nnodes = 2\nmemory = \"1024M\"\n\
-                 [service]\nport = 80\nhealthy-threshold = 2\nhealth-timeout = \"5s\"\n\
+                 [service]\nport = 80\nhealthy-threshold = 2\nunhealthy-threshold = 5\nhealth-timeout = \"5s\"\n\
                  [load-balancer]\nlisten = \"127.0.0.1:{lb_port}\"\n\
                  [repo]\nlisten = \"127.0.0.1:{repo_port}\"\n\
                  [policy]\nmax-unavailable = 1\nmax-surge = 1\nbake-time = \"5s\"\n\
@@ -293,7 +295,7 @@ impl World {
             &self.ssh_fleet,
             format!(
                 "name = \"it-ssh\"\n[provider]\ntype = \"ssh\"\n{hosts}\
-                 [service]\nport = 80\nhealthy-threshold = 2\nhealth-timeout = \"5s\"\n\
+                 [service]\nport = 80\nhealthy-threshold = 2\nunhealthy-threshold = 5\nhealth-timeout = \"5s\"\n\
                  [load-balancer]\nlisten = \"127.0.0.1:{}\"\n\
                  [repo]\nlisten = \"127.0.0.1:{}\"\n\
                  [policy]\nmax-unavailable = 1\nbake-time = \"5s\"\n\

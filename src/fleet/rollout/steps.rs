@@ -122,17 +122,29 @@ fn verify(
     })
 }
 
-/// Watch a node serving for the bake time: any failed check fails it.
+/// Watch a node serving for the bake time: as many failed checks in a row as take a node out
+/// of the load balancer (`unhealthy-threshold`) fail it.
 fn bake(ctx: &Ctx, name: &str) -> Result<()> {
     let rec = ctx.node_record(name)?;
     let s = &ctx.fleet.service;
     let end = Instant::now() + ctx.fleet.policy.bake_time;
+    let mut failed = 0;
     while Instant::now() < end {
         crate::base::interrupt::check()?;
         if !ctx.alive(name) {
             return Err(NodeFailure::Vanished { node: name.into() }.into());
         }
-        agent::check(&rec.service, s).with_context(|| format!("{name} failed while baking"))?;
+        match agent::check(&rec.service, s) {
+            Ok(()) => failed = 0,
+            Err(e) => {
+                failed += 1;
+                if failed >= s.unhealthy_threshold {
+                    return Err(e).with_context(|| {
+                        format!("{name} failed {failed} checks in a row while baking")
+                    });
+                }
+            }
+        }
         std::thread::sleep(s.health_interval);
     }
     Ok(())
