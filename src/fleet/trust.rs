@@ -20,7 +20,8 @@ pub struct Seen<'a> {
 }
 
 /// Refuse `commit` (`to_ref`'s, in `repo`) unless every node that verifies its commits can
-/// verify it: one keyring read per distinct key and remote, from the first node that trusts it.
+/// verify it with a key of its own keyring: one keyring read per distinct key and remote, from
+/// the first node whose booted commit that key signed.
 pub fn check(repo: &ostree::Repo, to_ref: &str, commit: &str, nodes: &[Seen]) -> Result<()> {
     let mut keys: BTreeMap<(&str, &str), &Seen> = BTreeMap::new();
     for n in nodes {
@@ -39,10 +40,12 @@ pub fn check(repo: &ostree::Repo, to_ref: &str, commit: &str, nodes: &[Seen]) ->
         std::fs::write(file.path(), &ring)
             .with_context(|| format!("writing {}", file.path().display()))?;
         let sigs = crate::release::sign::signatures_in(repo, commit, Some(file.path()))?;
-        if !sigs.iter().any(|s| s.valid && s.fingerprint == fpr) {
+        // Any key in the node's keyring will do (a key rotation trusts two), as for the node.
+        if !sigs.iter().any(|s| s.valid) {
             bail!(
-                "{to_ref}'s commit {} is not signed by {fpr}, the key {} trusts (it verifies \
-                 every commit it pulls, and would refuse this one): sign it first, with \
+                "{to_ref}'s commit {} is not signed by a key {} trusts ({fpr} signed its \
+                 booted commit; it verifies every commit it pulls, and would refuse this one): \
+                 sign it first, with \
                  `cairn sign {to_ref} --key-id {fpr} --gpg-homedir DIR` where DIR holds that key \
                  (build/release-key for the shipped manifests' release-key)",
                 short_hash(commit),

@@ -130,7 +130,8 @@ fn unsigned_refused(w: &mut World) {
     let err = text(&out.stderr);
     assert!(
         err.contains("test/unsigned's commit")
-            && err.contains(&format!("is not signed by {}", w.fingerprint))
+            && err.contains("is not signed by a key it-")
+            && err.contains(&format!("({} signed its booted commit", w.fingerprint))
             && err.contains("cairn sign test/unsigned"),
         "{err}"
     );

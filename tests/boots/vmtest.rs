@@ -444,6 +444,14 @@ fn print_figures(v: &VmWorld) {
             b["test"]
         );
     }
+    for c in r["cases"].as_array().unwrap() {
+        eprintln!(
+            "vm-test case: {} {} {:.1} s",
+            c["id"].as_str().unwrap_or("?"),
+            c["status"],
+            c["seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
     for l in v.junit.lines().filter(|l| l.contains("FIGURE ")) {
         eprintln!("vm-test figure: {}", l.split("FIGURE ").nth(1).unwrap_or(l));
     }
