@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::manifest::Service;
 use crate::node::api::{self, Verdict};
+use crate::node::view::split_refspec;
 use crate::vm::ssh::Ssh;
 
 /// What the node says of itself: the parts of its status document ([`api::Status`]) a rollout
@@ -68,7 +69,7 @@ pub fn parse_status(node: &str, boot_id: &str, json: &str) -> Result<NodeStatus>
         remote: booted
             .origin
             .as_deref()
-            .and_then(|o| o.split_once(':'))
+            .and_then(split_refspec)
             .map(|(r, _)| r.to_string())
             .unwrap_or_default(),
     })

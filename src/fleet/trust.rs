@@ -5,6 +5,7 @@
 //! and refuses naming the node, its key and how to sign.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 
@@ -31,15 +32,14 @@ pub fn check(repo: &ostree::Repo, to_ref: &str, commit: &str, nodes: &[Seen]) ->
         }
     }
     for ((fpr, remote), n) in keys {
-        let ring = agent::trusted_keyring(n.name, n.ssh, remote)?;
-        let file = tempfile::Builder::new()
+        let mut file = tempfile::Builder::new()
             .prefix("cairn-node-keys-")
             .suffix(".gpg")
             .tempfile()
             .context("making a temporary keyring")?;
-        std::fs::write(file.path(), &ring)
+        file.write_all(&agent::trusted_keyring(n.name, n.ssh, remote)?)
             .with_context(|| format!("writing {}", file.path().display()))?;
-        let sigs = crate::release::sign::signatures_in(repo, commit, Some(file.path()))?;
+        let sigs = crate::release::sign::signatures_in(repo, commit, file.path())?;
         // Any key in the node's keyring will do (a key rotation trusts two), as for the node.
         if !sigs.iter().any(|s| s.valid) {
             bail!(

@@ -84,39 +84,52 @@ pub fn signatures(
     commit: &str,
     with: Option<&Signer>,
 ) -> Result<Vec<Signature>> {
-    let keyring = match with {
-        Some(s) => {
-            let f = tempfile::Builder::new()
-                .prefix("cairn-key-")
-                .suffix(".gpg")
-                .tempfile()
-                .context("making a temporary keyring")?;
-            key::export_public(&s.home, &s.key.fingerprint, false, f.path())?;
-            Some(f)
-        }
-        None => None,
+    if !has_signatures(repo, commit)? {
+        return Ok(Vec::new());
+    }
+    let Some(s) = with else {
+        return verify(repo, commit, None);
     };
-    signatures_in(repo, commit, keyring.as_ref().map(|f| f.path()))
+    let f = tempfile::Builder::new()
+        .prefix("cairn-key-")
+        .suffix(".gpg")
+        .tempfile()
+        .context("making a temporary keyring")?;
+    key::export_public(&s.home, &s.key.fingerprint, false, f.path())?;
+    verify(repo, commit, Some(f.path()))
 }
 
 /// The GPG signatures on `commit`, checked against the public keys in the keyring file `keyring`
-/// (a node's `<remote>.trustedkeys.gpg`, say) when given.
+/// (a node's `<remote>.trustedkeys.gpg`, say).
 pub fn signatures_in(
+    repo: &ostree::Repo,
+    commit: &str,
+    keyring: &std::path::Path,
+) -> Result<Vec<Signature>> {
+    if !has_signatures(repo, commit)? {
+        return Ok(Vec::new());
+    }
+    verify(repo, commit, Some(keyring))
+}
+
+/// Does `commit` carry GPG signatures at all (libostree's `ostree.gpgsigs`)?
+fn has_signatures(repo: &ostree::Repo, commit: &str) -> Result<bool> {
+    let detached = repo
+        .read_commit_detached_metadata(commit, gio::Cancellable::NONE)
+        .with_context(|| format!("reading the signatures of {commit}"))?;
+    Ok(detached.is_some_and(|d| {
+        glib::VariantDict::new(Some(&d))
+            .lookup_value("ostree.gpgsigs", None)
+            .is_some()
+    }))
+}
+
+/// Each signature on a signed `commit`, checked against `keyring` when given.
+fn verify(
     repo: &ostree::Repo,
     commit: &str,
     keyring: Option<&std::path::Path>,
 ) -> Result<Vec<Signature>> {
-    let detached = repo
-        .read_commit_detached_metadata(commit, gio::Cancellable::NONE)
-        .with_context(|| format!("reading the signatures of {commit}"))?;
-    let has_sigs = detached.is_some_and(|d| {
-        glib::VariantDict::new(Some(&d))
-            .lookup_value("ostree.gpgsigs", None)
-            .is_some()
-    });
-    if !has_sigs {
-        return Ok(Vec::new());
-    }
     let result = repo
         .verify_commit_ext(
             commit,
@@ -125,10 +138,9 @@ pub fn signatures_in(
             gio::Cancellable::NONE,
         )
         .with_context(|| format!("checking the signatures of {commit}"))?;
-    let v = (0..result.count_all())
+    Ok((0..result.count_all())
         .map(|i| crate::store::remote::signature(&result, i))
-        .collect();
-    Ok(v)
+        .collect())
 }
 
 /// The repo's release key, when one is recorded.

@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::chain::Step;
-use super::fleet_world::{ok, text, World};
+use super::fleet_world::{ok, text, Driven, World};
 use cairn::fleet::haproxy::Haproxy;
 use cairn::fleet::provider::FleetRecord;
 use serde_json::Value;
@@ -102,10 +102,10 @@ fn comes_up(w: &mut World) {
     w.image();
     ok(
         "fleet up",
-        w.cairn(&["fleet", "up", w.fleet.to_str().unwrap()]),
+        w.cairn(&["fleet", "up", w.fleet().to_str().unwrap()]),
     );
     w.up = true;
-    w.drive("it", w.qemu_fleet.clone());
+    w.drive(Driven::Qemu);
     let out = ureq::get(&w.url()).call().expect("the service answers");
     assert_eq!(out.status(), 200);
 }
@@ -124,7 +124,7 @@ fn unsigned_refused(w: &mut World) {
         .output()
         .unwrap();
     ok("ostree commit", out);
-    let fleet = w.fleet.to_str().unwrap().to_string();
+    let fleet = w.fleet().to_str().unwrap().to_string();
     let out = w.cairn(&["rollout", "start", &fleet, "--to", "test/unsigned"]);
     assert!(!out.status.success(), "an unsigned commit was rolled out");
     let err = text(&out.stderr);
@@ -150,13 +150,11 @@ fn ssh_fleet_comes_up(w: &mut World) {
     let ssh = w.ssh_fleet.to_str().unwrap().to_string();
     ok("fleet up (ssh)", w.cairn(&["fleet", "up", &ssh]));
     w.ssh_up = true;
-    let rec: FleetRecord =
-        serde_json::from_str(&std::fs::read_to_string(w.fleets.join("it-ssh/fleet.json")).unwrap())
-            .unwrap();
+    let rec = w.record(Driven::Ssh);
     let names = |r: &FleetRecord| r.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&rec), names(&w.qemu_record()));
+    assert_eq!(names(&rec), names(&w.record(Driven::Qemu)));
     assert!(rec.nodes.iter().all(|n| n.vm.is_none()), "{rec:?}");
-    w.drive("it-ssh", w.ssh_fleet.clone());
+    w.drive(Driven::Ssh);
     let out = ureq::get(&w.url())
         .call()
         .expect("the ssh fleet's service answers");
@@ -204,7 +202,7 @@ fn in_place_resumes(w: &mut World) {
         .filter(|s| ["draining", "upgrading", "rebooting", "verifying"].contains(&s.1.as_str()))
         .count();
     assert!(out <= MAX_UNAVAILABLE, "more than max-unavailable out: {r}");
-    let fleet = w.fleet.to_str().unwrap().to_string();
+    let fleet = w.fleet().to_str().unwrap().to_string();
     ok("rollout resume", w.cairn(&["rollout", "resume", &fleet]));
     let r = w.rollout();
     assert_eq!(r["phase"], "done", "{r}");
@@ -221,10 +219,10 @@ fn ssh_fleet_goes_down(w: &mut World) {
     let lb = Haproxy {
         dir: w.fleets.join("it/haproxy"),
     };
-    for n in w.qemu_record().nodes {
+    for n in w.record(Driven::Qemu).nodes {
         lb.wait_up(&n.name, Duration::from_secs(300)).unwrap();
     }
-    w.drive("it", w.qemu_fleet.clone());
+    w.drive(Driven::Qemu);
     let ssh = w.ssh_fleet.to_str().unwrap().to_string();
     ok("fleet down (ssh)", w.cairn(&["fleet", "down", &ssh]));
     w.ssh_up = false;
@@ -259,7 +257,12 @@ fn spawn_replace(w: &World) -> (Child, std::io::Lines<BufReader<std::process::Ch
 fn replace_resumes(w: &mut World) {
     let v3 = w.compose("v3", &World::app_lines(&["hello", "tree"], &[]));
     w.image();
-    let old: Vec<String> = w.qemu_record().nodes.into_iter().map(|n| n.name).collect();
+    let old: Vec<String> = w
+        .record(Driven::Qemu)
+        .nodes
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
     assert_eq!(old.len(), NODES);
     let mut kills = vec!["creating", "joining", "baking", "draining", "removing"];
     while !kills.is_empty() {
@@ -342,7 +345,7 @@ fn unhealthy_halts(w: &mut World) {
         NODES - 1,
         "no other node touched: {r}"
     );
-    let fleet = w.fleet.to_str().unwrap().to_string();
+    let fleet = w.fleet().to_str().unwrap().to_string();
     let status = ok("rollout status", w.cairn(&["rollout", "status", &fleet]));
     assert!(
         status.contains(&failed[0].0)
@@ -373,17 +376,14 @@ fn lost_node_halts(w: &mut World) {
             None => false,
         },
     );
-    let rec: Value =
-        serde_json::from_str(&std::fs::read_to_string(w.fleets.join("it/fleet.json")).unwrap())
-            .unwrap();
-    let pid = rec["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == victim.as_str())
-        .unwrap()["vm"]["pid"]
-        .as_i64()
-        .unwrap();
+    let pid = w
+        .record(Driven::Qemu)
+        .nodes
+        .into_iter()
+        .find(|n| n.name == victim)
+        .and_then(|n| n.vm)
+        .expect("the victim's VM in the qemu fleet's record")
+        .pid;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -407,7 +407,7 @@ fn no_request_failed(w: &mut World) {
     };
     let (fewest, lows) = watch.stop();
     let mut seen = std::mem::take(&mut w.seen);
-    seen.push((w.name.to_string(), load.stop(), fewest, lows));
+    seen.push((w.driven.name().to_string(), load.stop(), fewest, lows));
     assert_eq!(
         seen.len(),
         3,

@@ -25,6 +25,23 @@ pub fn port() -> u16 {
         .port()
 }
 
+/// The two fleets of the same VMs that the steps drive, one after the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driven {
+    Qemu,
+    Ssh,
+}
+
+impl Driven {
+    /// The fleet's name, its directory under `--fleets`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driven::Qemu => "it",
+            Driven::Ssh => "it-ssh",
+        }
+    }
+}
+
 pub struct World {
     pub dir: PathBuf,
     pub repo: PathBuf,
@@ -33,10 +50,8 @@ pub struct World {
     pub fleets: PathBuf,
     pub gnupg: PathBuf,
     pub fingerprint: String,
-    /// The manifest of the fleet the steps drive now (the qemu fleet's, or the ssh fleet's of
-    /// the same VMs), and its name.
-    pub fleet: PathBuf,
-    pub name: &'static str,
+    /// The fleet the steps drive now: the qemu fleet, or the ssh fleet of the same VMs.
+    pub driven: Driven,
     /// The qemu fleet's manifest, and the ssh fleet's (written once the VMs run).
     pub qemu_fleet: PathBuf,
     pub ssh_fleet: PathBuf,
@@ -109,13 +124,14 @@ impl World {
         std::fs::write(
             &fleet,
             format!(
-                "name = \"it\"\n\
+                "name = \"{name}\"\n\
                  [provider]\ntype = \"qemu\"\nimage = \"app.toml\"\nnodes = 2\nmemory = \"1024M\"\n\
                  [service]\nport = 80\nhealthy-threshold = 2\nunhealthy-threshold = 5\nhealth-timeout = \"5s\"\n\
                  [load-balancer]\nlisten = \"127.0.0.1:{lb_port}\"\n\
                  [repo]\nlisten = \"127.0.0.1:{repo_port}\"\n\
                  [policy]\nmax-unavailable = 1\nmax-surge = 1\nbake-time = \"5s\"\n\
-                 drain-timeout = \"20s\"\nnode-timeout = \"25m\"\n"
+                 drain-timeout = \"20s\"\nnode-timeout = \"25m\"\n",
+                name = Driven::Qemu.name()
             ),
         )
         .unwrap();
@@ -128,9 +144,8 @@ impl World {
             dir,
             gnupg: sh.key.clone(),
             fingerprint: sh.fpr.clone(),
-            qemu_fleet: fleet.clone(),
-            fleet,
-            name: "it",
+            qemu_fleet: fleet,
+            driven: Driven::Qemu,
             image_manifest,
             lb_port,
             ssh_lb_port: port(),
@@ -165,7 +180,7 @@ impl World {
 
     /// `cairn rollout start` of this fleet to the app-example ref, with `extra` flags.
     pub fn start(&self, extra: &[&str]) -> Command {
-        let fleet = self.fleet.to_str().unwrap();
+        let fleet = self.fleet().to_str().unwrap();
         let mut args = vec!["rollout", "start", fleet, "--to", "cairn/amd64/app-example"];
         args.extend_from_slice(extra);
         self.command(&args)
@@ -252,25 +267,33 @@ impl World {
         ok("image", out);
     }
 
+    /// The driven fleet's manifest.
+    pub fn fleet(&self) -> &Path {
+        match self.driven {
+            Driven::Qemu => &self.qemu_fleet,
+            Driven::Ssh => &self.ssh_fleet,
+        }
+    }
+
     /// The driven fleet's rollout state file.
     pub fn rollout(&self) -> Value {
-        let p = self.fleets.join(self.name).join("rollout.json");
+        let p = self.fleets.join(self.driven.name()).join("rollout.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|_| "null".into())).unwrap()
     }
 
     /// The driven fleet's service, through its HAProxy.
     pub fn url(&self) -> String {
-        let port = if self.name == "it" {
-            self.lb_port
-        } else {
-            self.ssh_lb_port
+        let port = match self.driven {
+            Driven::Qemu => self.lb_port,
+            Driven::Ssh => self.ssh_lb_port,
         };
         format!("http://127.0.0.1:{port}/")
     }
 
-    /// The qemu fleet's record (its VMs, their SSH and service ports).
-    pub fn qemu_record(&self) -> FleetRecord {
-        let p = self.fleets.join("it/fleet.json");
+    /// Fleet `d`'s record while it is up (the qemu fleet's: its VMs, their SSH and service
+    /// ports).
+    pub fn record(&self, d: Driven) -> FleetRecord {
+        let p = self.fleets.join(d.name()).join("fleet.json");
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
     }
 
@@ -279,7 +302,7 @@ impl World {
     /// same repo address (the one the images' remotes name) and policy.
     pub fn write_ssh_fleet(&self) {
         let mut hosts = String::new();
-        for n in self.qemu_record().nodes {
+        for n in self.record(Driven::Qemu).nodes {
             hosts.push_str(&format!(
                 "[[provider.hosts]]\nname = \"{}\"\naddress = \"{}\"\nssh-port = {}\n\
                  user = \"{}\"\nidentity = \"{}\"\nservice-address = \"{}\"\n",
@@ -294,35 +317,36 @@ impl World {
         std::fs::write(
             &self.ssh_fleet,
             format!(
-                "name = \"it-ssh\"\n[provider]\ntype = \"ssh\"\n{hosts}\
+                "name = \"{}\"\n[provider]\ntype = \"ssh\"\n{hosts}\
                  [service]\nport = 80\nhealthy-threshold = 2\nunhealthy-threshold = 5\nhealth-timeout = \"5s\"\n\
                  [load-balancer]\nlisten = \"127.0.0.1:{}\"\n\
                  [repo]\nlisten = \"127.0.0.1:{}\"\n\
                  [policy]\nmax-unavailable = 1\nbake-time = \"5s\"\n\
                  drain-timeout = \"20s\"\nnode-timeout = \"25m\"\n",
-                self.ssh_lb_port, self.repo_port
+                Driven::Ssh.name(),
+                self.ssh_lb_port,
+                self.repo_port
             ),
         )
         .unwrap();
     }
 
-    /// Drive fleet `name` (manifest `fleet`) from now on: the load and the watch of the one
-    /// before stop (what they saw is kept), and new ones start on this fleet's HAProxy.
-    pub fn drive(&mut self, name: &'static str, fleet: PathBuf) {
+    /// Drive fleet `d` from now on: the load and the watch of the one before stop (what they
+    /// saw is kept), and new ones start on this fleet's HAProxy.
+    pub fn drive(&mut self, d: Driven) {
         if let (Some(load), Some(watch)) = (self.load.take(), self.serving.take()) {
             let (fewest, lows) = watch.stop();
             self.seen
-                .push((self.name.to_string(), load.stop(), fewest, lows));
+                .push((self.driven.name().to_string(), load.stop(), fewest, lows));
         }
-        self.name = name;
-        self.fleet = fleet;
+        self.driven = d;
         self.load = Some(Load::start(&LoadOpts {
             url: self.url(),
             workers: 2,
             interval: Duration::from_millis(100),
             timeout: Duration::from_secs(10),
         }));
-        self.serving = Some(Serving::watch(self.fleets.join(name).join("haproxy")));
+        self.serving = Some(Serving::watch(self.fleets.join(d.name()).join("haproxy")));
     }
 }
 

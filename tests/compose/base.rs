@@ -2,6 +2,7 @@
 //! same repo, the same commit in a clean repo and cache (the boot tests' shared one), and the
 //! same commit from the lockfile written from it; a lockfile that does not match is refused.
 
+use super::env::Env;
 use super::layout::check_layout;
 use super::{World, BASE, BASE_REF};
 
@@ -44,14 +45,11 @@ pub fn a_lockfile_is_written_from_the_commit(w: &mut World) {
 /// layer), so that compose is the second one, not a third.
 pub fn a_clean_repo_and_cache_give_the_same_commit(w: &mut World) {
     let shared = crate::boots::shared::get().blessed();
-    let out = std::process::Command::new("ostree")
-        .arg(format!("--repo={}", shared.repo.display()))
-        .args(["rev-parse", BASE_REF])
-        .output()
-        .unwrap();
-    let c2 = crate::release_world::ok("ostree rev-parse", out)
-        .trim()
-        .to_string();
+    let c2 = Env {
+        repo: shared.repo.clone(),
+        cache: shared.cache.clone(),
+    }
+    .rev(BASE_REF);
     if c2 != w.c1 {
         // What differs, file by file, before the world (and both repos) go.
         w.a.ostree(&["pull-local", shared.repo.to_str().unwrap(), &c2]);
