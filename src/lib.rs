@@ -6,6 +6,8 @@
 //!
 //! - [`base`]: shared basics (command runner, interrupts, temporary trees, progress, digests,
 //!   sizes, `Package`, `Firmware`);
+//! - [`lock`]: the FleetLock reboot-slot service (`cairn lock`) and its client, on etcd or an
+//!   embedded store;
 //! - [`store`]: the OSTree layer (the repo, typed commit metadata, sysroot deployments, serving
 //!   the repo over HTTP);
 //! - [`describe`]: what a commit holds (SBOMs, package diffs);
@@ -23,6 +25,8 @@
 
 // One stage per group, in the order of docs/architecture.md (a module uses only those above it).
 pub mod base;
+
+pub mod lock;
 
 pub mod store;
 

@@ -7,6 +7,7 @@ pub mod compose;
 pub mod docs;
 pub mod fleet;
 pub mod image;
+pub mod lock;
 pub mod node;
 pub mod release;
 pub mod vm;
@@ -65,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         command: fleet::RolloutCommand,
     },
+    /// A FleetLock reboot-slot service for pull-mode fleets, and its operator's commands.
+    Lock {
+        #[command(subcommand)]
+        command: lock::LockCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish).
     Completions(docs::CompletionsArgs),
     /// Write man pages for cairn and every command.
@@ -97,6 +103,7 @@ pub fn run(command: Command) -> Result<()> {
         Command::Node { command } => node::run(command),
         Command::Fleet { command } => fleet::fleet(command),
         Command::Rollout { command } => fleet::rollout(command),
+        Command::Lock { command } => lock::run(command),
         Command::Completions(a) => docs::completions(a),
         Command::Man(a) => docs::man(a),
         Command::Release(c) => release::run(c),
