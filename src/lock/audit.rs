@@ -1,6 +1,8 @@
 //! The lock service's audit log: one JSON line per grant, release, expiry, halt, clear, report
-//! and slot change, written (and flushed) before the answer goes out. Each server writes its
-//! own file; an expiry is written by the one server whose reaper deleted the holder.
+//! and slot change, on the disk (`fdatasync`) before the answer goes out. One writer thread
+//! commits in groups: the records that arrive while it syncs are written and synced together,
+//! so concurrent requests share a sync instead of queueing for one each. Each server writes
+//! its own file; an expiry is written by the one server whose reaper deleted the holder.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,15 +50,17 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+type Pending = (Vec<u8>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
 /// The open log.
 #[derive(Debug)]
 pub struct Audit {
     path: PathBuf,
-    file: Mutex<std::fs::File>,
+    tx: Mutex<std::sync::mpsc::Sender<Pending>>,
 }
 
 impl Audit {
-    /// Open (or create) the log at `path` for appending.
+    /// Open (or create) the log at `path` for appending, and start its writer.
     pub fn open(path: &Path) -> Result<Audit> {
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs_err::create_dir_all(d)?;
@@ -66,20 +70,50 @@ impl Audit {
             .append(true)
             .open(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || writer(file, rx, &shown))
+            .context("starting the audit log's writer")?;
         Ok(Audit {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            tx: Mutex::new(tx),
         })
     }
 
-    /// Append one record, flushed to the disk.
-    pub fn write(&self, rec: &AuditRecord) -> Result<()> {
+    /// Append one record; returns once it is on the disk.
+    pub async fn write(&self, rec: &AuditRecord) -> Result<()> {
         let mut line = serde_json::to_vec(rec)?;
         line.push(b'\n');
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        f.write_all(&line)
-            .and_then(|()| f.sync_data())
-            .with_context(|| format!("writing the audit log {}", self.path.display()))
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send((line, done));
+        let ack = match sent {
+            Ok(()) => wait.await.map_err(|_| "the writer stopped".to_string()),
+            Err(_) => Err("the writer stopped".to_string()),
+        };
+        ack.and_then(|r| r)
+            .map_err(|e| anyhow::anyhow!("writing the audit log {}: {e}", self.path.display()))
+    }
+}
+
+/// The writer thread: take what is pending, write it, sync once, answer each.
+fn writer(mut file: std::fs::File, rx: std::sync::mpsc::Receiver<Pending>, path: &str) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let bytes: Vec<u8> = batch.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+        let r = file
+            .write_all(&bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("{path}: {e}"));
+        for (_, done) in batch {
+            let _ = done.send(r.clone());
+        }
     }
 }
 
@@ -100,8 +134,8 @@ pub fn read(path: &Path) -> Result<Vec<AuditRecord>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_are_appended_and_read_back() {
+    #[tokio::test]
+    async fn records_are_appended_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a/audit.jsonl");
         let a = Audit::open(&p).unwrap();
@@ -116,8 +150,8 @@ mod tests {
             actor: "reaper".into(),
             detail: String::new(),
         };
-        a.write(&rec).unwrap();
-        a.write(&rec).unwrap();
+        a.write(&rec).await.unwrap();
+        a.write(&rec).await.unwrap();
         assert_eq!(read(&p).unwrap(), vec![rec.clone(), rec]);
         std::fs::write(&p, "{}\n").unwrap();
         assert!(format!("{:#}", read(&p).unwrap_err()).contains("audit.jsonl:1"));

@@ -40,7 +40,7 @@ impl App {
     }
 
     /// Append to the audit log; a failure is logged loudly (the change is already made).
-    pub fn audit(
+    pub async fn audit(
         &self,
         action: Action,
         group: &str,
@@ -60,7 +60,7 @@ impl App {
             actor: actor.to_string(),
             detail,
         };
-        if let Err(e) = self.audit.write(&rec) {
+        if let Err(e) = self.audit.write(&rec).await {
             tracing::error!(
                 "{e:#}: lost record {}",
                 serde_json::to_string(&rec).unwrap_or_default()
@@ -88,7 +88,8 @@ impl App {
     pub async fn halt(&self, group: &str, halt: Halt, actor: &str) -> Result<Option<Halt>> {
         let was = self.backend.halt(group, &halt).await?;
         if was.is_none() {
-            self.audit(Action::Halt, group, None, None, actor, halt.reason.clone());
+            self.audit(Action::Halt, group, None, None, actor, halt.reason.clone())
+                .await;
         }
         Ok(was)
     }
@@ -109,7 +110,8 @@ impl App {
                 cfg.path.display()
             );
             tracing::info!("group {group}: {detail}");
-            self.audit(Action::Slots, &group, None, None, "config", detail);
+            self.audit(Action::Slots, &group, None, None, "config", detail)
+                .await;
         }
         Ok(())
     }
@@ -143,7 +145,9 @@ async fn run(cfg: LockConfig) -> Result<()> {
         StoreConfig::Embedded { path } => Backend::Embedded(Embedded::open(path)?),
         StoreConfig::Etcd { endpoints, prefix } => {
             let extra = cfg.reap_interval() * 2 + std::time::Duration::from_secs(1);
-            Backend::Etcd(Box::new(EtcdStore::connect(endpoints, prefix, extra).await?))
+            Backend::Etcd(Box::new(
+                EtcdStore::connect(endpoints, prefix, extra).await?,
+            ))
         }
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -212,7 +216,8 @@ async fn reaper(app: Arc<App>) {
                         Some(h.token),
                         "reaper",
                         detail,
-                    );
+                    )
+                    .await;
                 }
             }
             Err(e) => tracing::warn!("reaper: {e:#}"),

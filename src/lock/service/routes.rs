@@ -201,7 +201,8 @@ async fn take_slot(app: &App, headers: &HeaderMap, body: &Bytes) -> Answer<Grant
                 Some(h.token),
                 &actor,
                 String::new(),
-            );
+            )
+            .await;
             app.metrics
                 .grants
                 .get_or_create(&Metrics::group(&p.group))
@@ -294,7 +295,8 @@ async fn release(
         .await
         .map_err(store_error)?;
     if let Some(h) = &freed {
-        app.audit(action, group, Some(id), Some(h.token), actor, String::new());
+        app.audit(action, group, Some(id), Some(h.token), actor, String::new())
+            .await;
         app.metrics
             .releases
             .get_or_create(&Metrics::group(group))
@@ -321,7 +323,8 @@ async fn report(
         let cfg = app.config();
         let actor = node_auth(&app, &headers, &cfg, p)?;
         let detail = format!("{:?}: {}", req.verdict, req.reason);
-        app.audit(Action::Report, &p.group, Some(&p.id), None, &actor, detail);
+        app.audit(Action::Report, &p.group, Some(&p.id), None, &actor, detail)
+            .await;
         if !req.verdict.is_bad() {
             return Ok(Json(HaltChange {
                 version: VERSION,
@@ -466,7 +469,8 @@ async fn operator_clear(
                 None,
                 &actor,
                 format!("was: {}", h.reason),
-            );
+            )
+            .await;
         }
         Ok(Json(HaltChange {
             version: VERSION,

@@ -57,8 +57,8 @@ impl EtcdStore {
     ) -> Result<Self> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+            .with_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(1));
         let eps: Vec<&str> = endpoints
             .iter()
             .map(|e| e.trim_start_matches("http://"))
@@ -129,7 +129,12 @@ impl EtcdStore {
                         .holder(a.id)
                         .cloned()
                         .ok_or_else(|| anyhow!("no holder"))?;
-                    return self.renew(&key, h).await;
+                    match self.renew(&key, h).await {
+                        // A stale read may show a holder that was released or reaped since:
+                        // read again, linearizably, before answering.
+                        Ok(Acquired::Lost) | Err(_) if attempt == 0 => continue,
+                        r => return r,
+                    }
                 }
                 Decision::Full => {
                     let holders = view.holder_ids().iter().map(|s| s.to_string()).collect();
@@ -140,6 +145,7 @@ impl EtcdStore {
                         view.halt.clone().unwrap_or_else(|| unreachable!()),
                     ))
                 }
+                Decision::Lost if attempt == 0 => continue,
                 Decision::Lost => return Ok(Acquired::Lost),
                 Decision::Grant => {}
             }
@@ -205,11 +211,12 @@ impl EtcdStore {
             .keep_alive()
             .await
             .context("etcd: lease keep-alive")?;
-        let alive = stream
-            .message()
-            .await
-            .context("etcd: lease keep-alive")?
-            .is_some_and(|m| m.ttl() > 0);
+        let alive = match stream.message().await {
+            Ok(m) => m.is_some_and(|m| m.ttl() > 0),
+            // The lease was revoked (its holder released) or ran out.
+            Err(e) if e.to_string().contains("lease not found") => false,
+            Err(e) => return Err(e).context("etcd: lease keep-alive"),
+        };
         if !alive {
             return Ok(Acquired::Lost);
         }
@@ -248,30 +255,40 @@ impl EtcdStore {
         id: &str,
         presented: Option<u64>,
     ) -> Result<Option<Holder>> {
-        let (view, _) = self.read_group(group, false).await?;
-        let Some(h) = policy::release(&view, id, presented).cloned() else {
-            return Ok(None);
-        };
+        // One transaction, no read: the key exists (and is the grant named, if one is).
         let key = format!("{}holders/{id}", self.group_key(group));
-        self.delete_if(
-            &key,
-            Compare::create_revision(key.as_str(), CompareOp::Equal, h.token as i64),
-            h,
-        )
-        .await
+        let cmp = match presented {
+            Some(t) => Compare::create_revision(key.as_str(), CompareOp::Equal, t as i64),
+            None => Compare::create_revision(key.as_str(), CompareOp::Greater, 0),
+        };
+        self.delete_if(&key, cmp).await
     }
 
-    /// Delete `key` if `cmp` holds; the holder it was.
-    async fn delete_if(&self, key: &str, cmp: Compare, h: Holder) -> Result<Option<Holder>> {
-        let txn = Txn::new().when([cmp]).and_then([TxnOp::delete(key, None)]);
+    /// Delete the holder key `key` if `cmp` holds, and revoke its lease; the holder it was.
+    async fn delete_if(&self, key: &str, cmp: Compare) -> Result<Option<Holder>> {
+        let del = etcd_client::DeleteOptions::new().with_prev_key();
+        let txn = Txn::new()
+            .when([cmp])
+            .and_then([TxnOp::delete(key, Some(del))]);
         let r = self
             .c()
             .txn(txn)
             .await
-            .context("etcd: release transaction")?;
+            .context("etcd: delete transaction")?;
         if !r.succeeded() {
             return Ok(None);
         }
+        let prev = r.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Delete(d) => d.prev_kvs().first().cloned(),
+            _ => None,
+        });
+        let Some(kv) = prev else { return Ok(None) };
+        let mut view = GroupView::default();
+        add_to_view(&mut view, "holders/", &kv)?;
+        let h = view
+            .holders
+            .pop()
+            .ok_or_else(|| anyhow!("etcd: the deleted key {key}"))?;
         self.revoke_later(h.record.lease);
         Ok(Some(h))
     }
@@ -387,7 +404,7 @@ impl EtcdStore {
             for h in policy::expired(&view, now_ms) {
                 let key = format!("{}holders/{}", self.group_key(&group), h.record.id);
                 let cmp = Compare::mod_revision(key.as_str(), CompareOp::Equal, h.store_rev);
-                if let Some(h) = self.delete_if(&key, cmp, h.clone()).await? {
+                if let Some(h) = self.delete_if(&key, cmp).await? {
                     freed.push((group.clone(), h));
                 }
             }
