@@ -803,3 +803,52 @@ fn bench_grants_per_second() {
         pct(&mut dead, 1.0)
     );
 }
+
+#[test]
+fn the_checker_catches_an_over_granted_group_a_lost_grant_and_a_double_update() {
+    let groups = vec![("g".to_string(), 1)];
+    let t0 = Instant::now();
+    let change = |revision: i64, key: &str, put: bool, create_revision: i64| Change {
+        at: t0,
+        revision,
+        group: "g".into(),
+        key: key.into(),
+        put,
+        create_revision,
+    };
+    let record = |node: usize, seen: Seen| Record { at: t0, node, seen };
+    // Two holders in a group of one slot; node 1 updates twice; grant 3 reaches nobody.
+    let changes = vec![
+        change(2, "node-0000", true, 2),
+        change(3, "node-0001", true, 3),
+    ];
+    let records = vec![
+        record(0, Seen::Granted { token: 2 }),
+        record(0, Seen::Updated { token: 2 }),
+        record(1, Seen::Updated { token: 3 }),
+        record(1, Seen::Updated { token: 3 }),
+    ];
+    let (failures, _) = check(
+        &groups,
+        &changes,
+        &[(1, "g".into(), 1)],
+        &records,
+        &BTreeSet::new(),
+        2,
+    );
+    let all = failures.join("\n");
+    assert!(
+        all.contains("group g: 2 holders of 1 slots at revision 3"),
+        "{all}"
+    );
+    assert!(
+        all.contains("rev 2 put node-0000"),
+        "the offending history is shown: {all}"
+    );
+    assert!(
+        all.contains("grant 3 to node-0001 in etcd reached no node"),
+        "{all}"
+    );
+    assert!(all.contains("node-0001 updated 2 times"), "{all}");
+    assert_eq!(failures.len(), 3, "{all}");
+}
