@@ -108,6 +108,10 @@ impl Metrics {
 
     /// The text exposition, with the per-group gauges set from `groups` (slots resolved).
     pub fn encode(&self, groups: &BTreeMap<String, (u32, GroupView)>) -> String {
+        // Groups gone from the store (an unconfigured group's last holder left) show no more.
+        self.slots.clear();
+        self.holders.clear();
+        self.halted.clear();
         for (name, (slots, view)) in groups {
             let l = Self::group(name);
             self.slots.get_or_create(&l).set(i64::from(*slots));

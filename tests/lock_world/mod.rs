@@ -43,6 +43,7 @@ pub struct Etcd {
 impl Etcd {
     /// Start `n` members under `dir` and wait until each is healthy.
     pub fn start(dir: &Path, n: usize) -> Etcd {
+        std::fs::create_dir_all(dir).unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),

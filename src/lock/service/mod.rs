@@ -119,16 +119,19 @@ impl App {
 
 /// Run the service of the configuration at `path` until SIGTERM or SIGINT.
 pub fn serve(path: &Path) -> Result<()> {
-    let cfg = config::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(cfg))
+    rt.block_on(run(path))
 }
 
-async fn run(cfg: LockConfig) -> Result<()> {
+async fn run(path: &Path) -> Result<()> {
+    // SIGHUP is caught from the start: a reload asked for while the server starts is not lost.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("catching SIGHUP")?;
+    let cfg = config::load(path)?;
     let secret = match (&cfg.store, cfg.secret_file.exists()) {
         (StoreConfig::Embedded { .. }, false) => {
             let s = Secret::create(&cfg.secret_file)?;
@@ -164,7 +167,7 @@ async fn run(cfg: LockConfig) -> Result<()> {
         .await
         .context("writing the slot counts to the store")?;
     tokio::spawn(reaper(Arc::clone(&app)));
-    tokio::spawn(reloader(Arc::clone(&app)));
+    tokio::spawn(reloader(Arc::clone(&app), hup));
     eprintln!(
         "cairn lock: serving FleetLock on http://{} ({} store, {} groups configured, lease TTL {}s)",
         cfg.listen,
@@ -226,12 +229,7 @@ async fn reaper(app: Arc<App>) {
 }
 
 /// Reload the configuration on SIGHUP.
-async fn reloader(app: Arc<App>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot catch SIGHUP: the configuration will not reload");
-        return;
-    };
+async fn reloader(app: Arc<App>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         if let Err(e) = reload(&app).await {
             eprintln!("cairn lock: the configuration was not reloaded, the old one stays: {e:#}");

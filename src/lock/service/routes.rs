@@ -63,7 +63,26 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/operator/halt", post(operator_halt))
         .route("/v1/operator/clear", post(operator_clear))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
         .with_state(app)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        ErrorKind::NotFound,
+        format!(
+            "no endpoint {}: FleetLock's are /v1/pre-reboot and /v1/steady-state",
+            uri.path()
+        ),
+    )
+}
+
+async fn not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        ErrorKind::BadRequest,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 /// Count the request's outcome, then answer it.
@@ -326,11 +345,13 @@ async fn report(
         app.audit(Action::Report, &p.group, Some(&p.id), None, &actor, detail)
             .await;
         if !req.verdict.is_bad() {
+            let groups = app.backend.groups().await.map_err(store_error)?;
+            let now = groups.get(&p.group).and_then(|g| g.halt.clone());
             return Ok(Json(HaltChange {
                 version: VERSION,
                 group: p.group.clone(),
-                halted: None,
-                was: None,
+                halted: now.clone(),
+                was: now,
             }));
         }
         let halt = Halt {

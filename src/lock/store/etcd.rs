@@ -129,7 +129,7 @@ impl EtcdStore {
                         .holder(a.id)
                         .cloned()
                         .ok_or_else(|| anyhow!("no holder"))?;
-                    match self.renew(&key, h).await {
+                    match self.renew(&key, h, a.ttl).await {
                         // A stale read may show a holder that was released or reaped since:
                         // read again, linearizably, before answering.
                         Ok(Acquired::Lost) | Err(_) if attempt == 0 => continue,
@@ -152,14 +152,9 @@ impl EtcdStore {
             let lease_id = match *lease {
                 Some(l) => l,
                 None => {
-                    let secs = (a.ttl + self.lease_extra).as_secs_f64().ceil() as i64;
-                    let l = self
-                        .c()
-                        .lease_grant(secs, None)
-                        .await
-                        .context("etcd: lease grant")?;
-                    *lease = Some(l.id());
-                    l.id()
+                    let l = self.lease(a.ttl).await?;
+                    *lease = Some(l);
+                    l
                 }
             };
             let now = now_ms();
@@ -200,8 +195,21 @@ impl EtcdStore {
         )
     }
 
-    /// Renew `h` (its key is `key`): keep its lease alive and record the renewal.
-    async fn renew(&self, key: &str, h: Holder) -> Result<Acquired> {
+    /// A new lease that backs a grant of `ttl`.
+    async fn lease(&self, ttl: Duration) -> Result<i64> {
+        let secs = (ttl + self.lease_extra).as_secs_f64().ceil() as i64;
+        let l = self
+            .c()
+            .lease_grant(secs, None)
+            .await
+            .context("etcd: lease grant")?;
+        Ok(l.id())
+    }
+
+    /// Renew `h` (its key is `key`) for `ttl`: keep its lease alive and record the renewal. A
+    /// TTL changed by a reload moves the key to a new lease of the new length (the create
+    /// revision, its fencing token, stays).
+    async fn renew(&self, key: &str, h: Holder, ttl: Duration) -> Result<Acquired> {
         let (mut keeper, mut stream) = self
             .c()
             .lease_keep_alive(h.record.lease)
@@ -222,6 +230,11 @@ impl EtcdStore {
         }
         let mut record = h.record.clone();
         record.renewed_ms = now_ms();
+        let old_lease = record.lease;
+        if record.ttl_ms != ttl.as_millis() as u64 {
+            record.ttl_ms = ttl.as_millis() as u64;
+            record.lease = self.lease(ttl).await?;
+        }
         let txn = Txn::new()
             .when([Compare::create_revision(
                 key,
@@ -238,6 +251,13 @@ impl EtcdStore {
             .txn(txn)
             .await
             .context("etcd: renewal transaction")?;
+        if record.lease != old_lease {
+            self.revoke_later(if r.succeeded() {
+                old_lease
+            } else {
+                record.lease
+            });
+        }
         if !r.succeeded() {
             return Ok(Acquired::Lost);
         }
