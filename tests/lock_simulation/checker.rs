@@ -12,12 +12,28 @@ pub(crate) fn check(
     nodes: usize,
 ) -> (Vec<String>, Vec<Duration>) {
     let mut failures = Vec::new();
+    let (grants, freed) = replay(groups, changes, slot_puts, &mut failures);
+    check_grants(&grants, records, &mut failures);
+    check_updates(records, dying, nodes, &mut failures);
+    let dead_times = check_dead(&freed, records, &mut failures);
+    (failures, dead_times)
+}
+
+type Grants<'a> = BTreeMap<i64, (&'a str, Instant)>;
+
+/// Check 1: never more holders than slots, at any revision. The grants etcd recorded, and when each
+/// grant's key was deleted.
+fn replay<'a>(
+    groups: &[(String, u32)],
+    changes: &'a [Change],
+    slot_puts: &[(i64, String, u32)],
+    failures: &mut Vec<String>,
+) -> (Grants<'a>, BTreeMap<i64, Instant>) {
     let configured: BTreeMap<&str, u32> = groups.iter().map(|(g, s)| (g.as_str(), *s)).collect();
     let mut slots: BTreeMap<String, u32> = BTreeMap::new();
     for (_, g, s) in slot_puts {
         slots.insert(g.clone(), *s);
     }
-    // 1. Never more holders than slots, at any revision; grants as etcd recorded them.
     let mut held: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
     let mut grants: BTreeMap<i64, (&str, Instant)> = BTreeMap::new();
     let mut freed: BTreeMap<i64, Instant> = BTreeMap::new();
@@ -58,14 +74,18 @@ pub(crate) fn check(
             }
         }
     }
-    // 2. No grant lost or given twice: the tokens the nodes were given are exactly etcd's grants.
+    (grants, freed)
+}
+
+/// Check 2: no grant lost or given twice: the tokens the nodes were given are exactly etcd's grants.
+fn check_grants(grants: &Grants, records: &[Record], failures: &mut Vec<String>) {
     let mut given: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
     for r in records {
         if let Seen::Granted { token } = r.seen {
             given.entry(token).or_default().insert(r.node);
         }
     }
-    for (tok, (id, _)) in &grants {
+    for (tok, (id, _)) in grants {
         match given.get(&(*tok as u64)) {
             None => failures.push(format!("grant {tok} to {id} in etcd reached no node")),
             Some(ns) if ns.len() > 1 || ns.iter().any(|n| format!("node-{n:04}") != *id) => {
@@ -81,7 +101,15 @@ pub(crate) fn check(
             ));
         }
     }
-    // 3. Every surviving node updated exactly once, and every dead one never.
+}
+
+/// Check 3: every surviving node updated exactly once, and every dead one never.
+fn check_updates(
+    records: &[Record],
+    dying: &BTreeSet<usize>,
+    nodes: usize,
+    failures: &mut Vec<String>,
+) {
     let mut updates: BTreeMap<usize, usize> = BTreeMap::new();
     for r in records {
         if let Seen::Updated { .. } = r.seen {
@@ -103,7 +131,15 @@ pub(crate) fn check(
             ));
         }
     }
-    // 4. A dead holder's slot is free within TTL + one renewal interval of its last renewal.
+}
+
+/// Check 4: a dead holder's slot is free within TTL + one renewal interval of its last renewal; how
+/// long each took.
+fn check_dead(
+    freed: &BTreeMap<i64, Instant>,
+    records: &[Record],
+    failures: &mut Vec<String>,
+) -> Vec<Duration> {
     let mut dead_times = Vec::new();
     for r in records {
         if let Seen::Died { token } = r.seen {
@@ -122,7 +158,40 @@ pub(crate) fn check(
             }
         }
     }
-    (failures, dead_times)
+    dead_times
+}
+
+/// Check 5: each expiry is audited by exactly one server, and every dead holder's is among
+/// them. How many expiries the logs hold.
+pub(crate) fn check_audited_expiries(
+    audits: &[std::path::PathBuf],
+    records: &[Record],
+    failures: &mut Vec<String>,
+) -> usize {
+    let mut expired: BTreeMap<u64, usize> = BTreeMap::new();
+    for a in audits {
+        for r in cairn::lock::audit::read(a).unwrap() {
+            if r.action == cairn::lock::audit::Action::Expire {
+                *expired.entry(r.fencing_token.unwrap()).or_default() += 1;
+            }
+        }
+    }
+    for (tok, n) in &expired {
+        if *n != 1 {
+            failures.push(format!("the expiry of grant {tok} was audited {n} times"));
+        }
+    }
+    for r in records {
+        if let Seen::Died { token } = r.seen {
+            if !expired.contains_key(&token) {
+                failures.push(format!(
+                    "node-{:04}'s dead grant {token} has no expiry in the audit logs",
+                    r.node
+                ));
+            }
+        }
+    }
+    expired.len()
 }
 
 pub(crate) fn pct(v: &mut [Duration], p: f64) -> Duration {

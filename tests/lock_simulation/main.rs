@@ -181,100 +181,102 @@ async fn call<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// One simulated node: take a slot, renew it while it "updates", check its fencing token, "reboot",
-/// release. A dying node stops for good once it holds its slot.
-async fn node(
+/// One simulated node and its way to the servers (round robin, moving on after a failure).
+struct SimNode {
     i: usize,
-    group: String,
-    dies: bool,
+    p: ClientParams,
     token: String,
     urls: Arc<Vec<String>>,
     http: reqwest::Client,
     shared: Arc<Shared>,
-) {
-    let p = ClientParams {
-        id: format!("node-{i:04}"),
-        group,
-    };
-    let mut attempt = i;
-    let mut next_url = |path: &str| {
-        attempt += 1;
-        format!("{}{path}", urls[attempt % urls.len()])
-    };
-    tokio::time::sleep(Duration::from_millis((i as u64 * 7919) % 2000)).await;
-    loop {
-        // Take a slot.
+    calls: usize,
+}
+
+impl SimNode {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        fencing_token: Option<u64>,
+    ) -> Result<T, Option<ErrorBody>> {
+        self.calls += 1;
+        let url = format!(
+            "{}{path}",
+            self.urls[(self.i + self.calls) % self.urls.len()]
+        );
         let req = LockRequest {
-            client_params: p.clone(),
-            fencing_token: None,
+            client_params: self.p.clone(),
+            fencing_token,
         };
-        let grant: Grant = match call(&http, &next_url("/v1/pre-reboot"), &token, &req).await {
-            Ok(g) => g,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(150 + (i as u64 % 7) * 20)).await;
-                continue;
+        call(&self.http, &url, &self.token, &req).await
+    }
+
+    /// Ask until a slot is granted; its fencing token.
+    async fn take(&mut self) -> u64 {
+        loop {
+            match self.call::<Grant>("/v1/pre-reboot", None).await {
+                Ok(g) => return g.holder.fencing_token,
+                Err(_) => {
+                    let pause = 150 + (self.i as u64 % 7) * 20;
+                    tokio::time::sleep(Duration::from_millis(pause)).await
+                }
             }
-        };
-        let t = grant.holder.fencing_token;
-        shared.note(i, Seen::Granted { token: t });
-        if dies {
-            shared.note(i, Seen::Died { token: t });
-            return;
         }
-        // "Download and stage" for a while, renewing on time, then check the token and reboot.
+    }
+
+    /// "Download and stage" for a while, renewing on time; the last renewal is the fencing
+    /// check right before the reboot. Does the node still hold grant `t`?
+    async fn hold(&mut self, t: u64) -> bool {
         let held = Instant::now();
-        let mut lost = false;
-        let renew = LockRequest {
-            client_params: p.clone(),
-            fencing_token: Some(t),
-        };
         for wait in [RENEW, Duration::from_millis(200)] {
             tokio::time::sleep(wait).await;
             loop {
-                match call::<Grant>(&http, &next_url("/v1/pre-reboot"), &token, &renew).await {
-                    Ok(g) if g.holder.fencing_token == t => {
-                        shared.note(i, Seen::Renewed { token: t });
-                        break;
-                    }
+                match self.call::<Grant>("/v1/pre-reboot", Some(t)).await {
+                    Ok(g) if g.holder.fencing_token == t => break,
                     Err(Some(e)) if e.kind == cairn::lock::api::ErrorKind::LeaseLost => {
-                        shared.note(i, Seen::Lost { token: t });
-                        lost = true;
-                        break;
+                        return false
                     }
                     _ if held.elapsed() < TTL => {
                         tokio::time::sleep(Duration::from_millis(100)).await
                     }
-                    _ => {
-                        shared.note(i, Seen::Lost { token: t });
-                        lost = true;
-                        break;
-                    }
+                    _ => return false,
                 }
             }
-            if lost {
-                break;
-            }
+            self.shared.note(self.i, Seen::Renewed { token: t });
         }
-        if lost {
-            continue;
-        }
-        // The last renewal was the fencing check: reboot now.
-        shared.note(i, Seen::Updated { token: t });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        true
+    }
+
+    /// `steady-state` until a server answers.
+    async fn release(&mut self, t: u64) {
         loop {
-            match call::<Released>(&http, &next_url("/v1/steady-state"), &token, &renew).await {
+            match self.call::<Released>("/v1/steady-state", Some(t)).await {
                 Ok(r) => {
-                    shared.note(
-                        i,
-                        Seen::Released {
-                            token: r.fencing_token,
-                        },
-                    );
-                    return;
+                    let token = r.fencing_token;
+                    return self.shared.note(self.i, Seen::Released { token });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+}
+
+/// One simulated node: take a slot, renew it while it "updates", check its fencing token,
+/// "reboot", release. A dying node stops for good once it holds its slot.
+async fn node(mut n: SimNode, dies: bool) {
+    tokio::time::sleep(Duration::from_millis((n.i as u64 * 7919) % 2000)).await;
+    loop {
+        let t = n.take().await;
+        n.shared.note(n.i, Seen::Granted { token: t });
+        if dies {
+            return n.shared.note(n.i, Seen::Died { token: t });
+        }
+        if !n.hold(t).await {
+            n.shared.note(n.i, Seen::Lost { token: t });
+            continue;
+        }
+        n.shared.note(n.i, Seen::Updated { token: t });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return n.release(t).await;
     }
 }
 
@@ -329,6 +331,22 @@ async fn watch(
     }
 }
 
+/// The faults, 10 s into the run: an etcd member and a lock server die together (SIGKILL),
+/// and come back 5 s later on their data.
+fn faults(w: &mut World, started: Instant) {
+    std::thread::sleep(Duration::from_secs(10));
+    eprintln!(
+        "SIGKILL etcd member 1 and lock server 1 at +{:?}",
+        started.elapsed()
+    );
+    w.etcd.kill(1);
+    w.servers[1].kill();
+    std::thread::sleep(Duration::from_secs(5));
+    w.etcd.restart(1);
+    w.servers[1].restart();
+    eprintln!("restarted them at +{:?}", started.elapsed());
+}
+
 #[test]
 fn a_thousand_nodes_update_once_through_three_servers_on_etcd_despite_kills() {
     let groups: Vec<(String, u32)> = (0..12).map(|g| (format!("g{g:02}"), 1 + g % 5)).collect();
@@ -360,30 +378,22 @@ fn a_thousand_nodes_update_once_through_three_servers_on_etcd_despite_kills() {
     let dying: BTreeSet<usize> = (0..nodes).filter(|i| i % 20 == 7).collect();
     let mut handles = Vec::new();
     for i in 0..nodes {
-        let g = group_of(i, &groups).to_string();
-        let token = w.secret.token(&Principal::Node(format!("node-{i:04}")));
-        handles.push(rt.spawn(node(
+        let id = format!("node-{i:04}");
+        let n = SimNode {
             i,
-            g,
-            dying.contains(&i),
-            token,
-            Arc::clone(&urls),
-            http.clone(),
-            Arc::clone(&shared),
-        )));
+            token: w.secret.token(&Principal::Node(id.clone())),
+            p: ClientParams {
+                id,
+                group: group_of(i, &groups).to_string(),
+            },
+            urls: Arc::clone(&urls),
+            http: http.clone(),
+            shared: Arc::clone(&shared),
+            calls: 0,
+        };
+        handles.push(rt.spawn(node(n, dying.contains(&i))));
     }
-    // The faults: an etcd member and a lock server die together, and come back.
-    std::thread::sleep(Duration::from_secs(10));
-    eprintln!(
-        "SIGKILL etcd member 1 and lock server 1 at +{:?}",
-        shared.started.elapsed()
-    );
-    w.etcd.kill(1);
-    w.servers[1].kill();
-    std::thread::sleep(Duration::from_secs(5));
-    w.etcd.restart(1);
-    w.servers[1].restart();
-    eprintln!("restarted them at +{:?}", shared.started.elapsed());
+    faults(&mut w, shared.started);
     let limit = Duration::from_secs(600);
     rt.block_on(async {
         for h in handles {
@@ -405,36 +415,12 @@ fn a_thousand_nodes_update_once_through_three_servers_on_etcd_despite_kills() {
         .iter()
         .filter(|r| matches!(r.seen, Seen::Granted { .. }))
         .count();
-    // Each expiry is audited by exactly one server, and every dead holder's is among them.
-    let mut expired: BTreeMap<u64, usize> = BTreeMap::new();
-    for a in &w.audits {
-        for r in cairn::lock::audit::read(a).unwrap() {
-            if r.action == cairn::lock::audit::Action::Expire {
-                *expired.entry(r.fencing_token.unwrap()).or_default() += 1;
-            }
-        }
-    }
-    let expiries = expired.len();
+    let mut failures = failures;
+    let expiries = checker::check_audited_expiries(&w.audits, &records, &mut failures);
     let lost = records
         .iter()
         .filter(|r| matches!(r.seen, Seen::Lost { .. }))
         .count();
-    let mut failures = failures;
-    for (tok, n) in &expired {
-        if *n != 1 {
-            failures.push(format!("the expiry of grant {tok} was audited {n} times"));
-        }
-    }
-    for r in &records {
-        if let Seen::Died { token } = r.seen {
-            if !expired.contains_key(&token) {
-                failures.push(format!(
-                    "node-{:04}'s dead grant {token} has no expiry in the audit logs",
-                    r.node
-                ));
-            }
-        }
-    }
     eprintln!(
         "{nodes} nodes in {} groups, {} died holding a slot: {grants} grants ({lost} lost by live nodes that could not renew in time), {} holder changes in etcd, {expiries} expiries audited, in {ran:.1?}; dead slots freed after p50 {:?}, max {:?} (bound {:?})",
         groups.len(),
