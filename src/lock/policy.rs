@@ -34,6 +34,27 @@ pub struct Holder {
     pub store_rev: i64,
 }
 
+impl HolderRecord {
+    /// A new grant to `id` at `now_ms`, lasting `ttl` unrenewed.
+    pub fn new(
+        id: &str,
+        now_ms: i64,
+        ttl: std::time::Duration,
+        lease: i64,
+        token: Option<u64>,
+    ) -> Self {
+        HolderRecord {
+            version: 1,
+            id: id.to_string(),
+            since_ms: now_ms,
+            renewed_ms: now_ms,
+            ttl_ms: ttl.as_millis() as u64,
+            lease,
+            token,
+        }
+    }
+}
+
 impl Holder {
     pub fn expires_ms(&self) -> i64 {
         self.record.renewed_ms + self.record.ttl_ms as i64
@@ -83,8 +104,8 @@ pub enum Decision {
     Grant,
     /// Every slot is held (or the group shrank below its holders).
     Full,
-    /// The group is halted.
-    Halted,
+    /// The group is halted, for this reason.
+    Halted(Halt),
     /// The node names a grant it no longer holds (expired, released by an operator), or its
     /// own grant has run out: it must not reboot on it.
     Lost,
@@ -109,8 +130,8 @@ pub fn acquire(
     if presented.is_some() {
         return Decision::Lost;
     }
-    if view.halt.is_some() {
-        return Decision::Halted;
+    if let Some(h) = &view.halt {
+        return Decision::Halted(h.clone());
     }
     // Holders that expired but are not reaped yet still count: the slot frees when the reaper
     // deletes them, never by a guess here.
@@ -194,7 +215,7 @@ mod tests {
             at_ms: 1,
             verdict: None,
         });
-        assert_eq!(acquire(&v, "c", None, 2, 10), Decision::Halted);
+        assert!(matches!(acquire(&v, "c", None, 2, 10), Decision::Halted(h) if h.by == "b"));
         assert_eq!(acquire(&v, "a", None, 2, 10), Decision::Renew);
         assert_eq!(release(&v, "a", None).map(|h| h.token), Some(5));
         assert_eq!(release(&v, "a", Some(4)), None);

@@ -136,29 +136,16 @@ impl Embedded {
             Decision::Grant => {
                 next.last_token += 1;
                 let token = next.last_token;
-                let record = HolderRecord {
-                    version: 1,
-                    id: a.id.to_string(),
-                    since_ms: now,
-                    renewed_ms: now,
-                    ttl_ms: a.ttl.as_millis() as u64,
-                    lease: 0,
-                    token: Some(token),
-                };
+                let record = HolderRecord::new(a.id, now, a.ttl, 0, Some(token));
                 let group = next.groups.entry(a.group.to_string()).or_default();
                 group.holders.push(record.clone());
                 Acquired::Granted(holder(record, token))
             }
-            Decision::Full => {
-                let holders = view.holder_ids().iter().map(|s| s.to_string()).collect();
-                return Ok(Acquired::Full { slots, holders });
+            refused => {
+                // Renew and Grant are matched above: this is a refusal.
+                let r = super::refusal(refused, &view, slots);
+                return r.ok_or_else(|| anyhow!("a decision with no answer"));
             }
-            Decision::Halted => {
-                return Ok(Acquired::Halted(
-                    view.halt.clone().unwrap_or_else(|| unreachable!()),
-                ))
-            }
-            Decision::Lost => return Ok(Acquired::Lost),
         };
         self.commit(&mut state, next)?;
         Ok(out)

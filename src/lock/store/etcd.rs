@@ -136,18 +136,13 @@ impl EtcdStore {
                         r => return r,
                     }
                 }
-                Decision::Full => {
-                    let holders = view.holder_ids().iter().map(|s| s.to_string()).collect();
-                    return Ok(Acquired::Full { slots, holders });
-                }
-                Decision::Halted => {
-                    return Ok(Acquired::Halted(
-                        view.halt.clone().unwrap_or_else(|| unreachable!()),
-                    ))
-                }
                 Decision::Lost if attempt == 0 => continue,
-                Decision::Lost => return Ok(Acquired::Lost),
-                Decision::Grant => {}
+                // Grant goes on below; every other decision is the answer.
+                d => {
+                    if let Some(r) = super::refusal(d, &view, slots) {
+                        return Ok(r);
+                    }
+                }
             }
             let lease_id = match *lease {
                 Some(l) => l,
@@ -158,15 +153,7 @@ impl EtcdStore {
                 }
             };
             let now = now_ms();
-            let record = HolderRecord {
-                version: 1,
-                id: a.id.to_string(),
-                since_ms: now,
-                renewed_ms: now,
-                ttl_ms: a.ttl.as_millis() as u64,
-                lease: lease_id,
-                token: None,
-            };
+            let record = HolderRecord::new(a.id, now, a.ttl, lease_id, None);
             let txn = Txn::new()
                 .when([
                     Compare::create_revision(holders.as_str(), CompareOp::Less, rev + 1)

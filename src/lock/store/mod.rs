@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::api::Halt;
-use super::policy::{GroupView, Holder};
+use super::policy::{Decision, GroupView, Holder};
 
 /// What `pre-reboot` got from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +114,19 @@ impl Backend {
             Backend::Etcd(s) => s.reap(now_ms).await,
             Backend::Embedded(s) => s.reap(now_ms).await,
         }
+    }
+}
+
+/// The answer of a decision that grants nothing (full, halted, lost); `None` for the others.
+fn refusal(d: Decision, view: &GroupView, slots: u32) -> Option<Acquired> {
+    match d {
+        Decision::Full => Some(Acquired::Full {
+            slots,
+            holders: view.holder_ids().iter().map(|s| s.to_string()).collect(),
+        }),
+        Decision::Halted(h) => Some(Acquired::Halted(h)),
+        Decision::Lost => Some(Acquired::Lost),
+        Decision::Renew | Decision::Grant => None,
     }
 }
 
