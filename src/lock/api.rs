@@ -72,6 +72,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::RolledBack => "rolled-back",
+            Verdict::Failed => "failed",
+        }
+    }
+
     pub fn is_bad(self) -> bool {
         !matches!(self, Verdict::Healthy)
     }
@@ -261,6 +270,9 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["kind"], e.kind.as_str());
+        for v in [Verdict::Healthy, Verdict::RolledBack, Verdict::Failed] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
         for kind in [ErrorKind::GroupHalted, ErrorKind::StoreUnavailable] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }

@@ -26,7 +26,7 @@ use cairn::lock::api::{ClientParams, ErrorKind, Grant, GroupStatus, Status, Verd
 use cairn::lock::audit::{self, Action, AuditRecord};
 use cairn::lock::auth::Secret;
 use cairn::lock::client::{Client, ClientError};
-use lock_world::{free_port, Etcd, LockServer};
+use lock_world::{free_port, wait_for, Etcd, LockServer};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -198,18 +198,6 @@ fn params(group: &str, id: &str) -> ClientParams {
     ClientParams {
         id: id.into(),
         group: group.into(),
-    }
-}
-
-/// Poll `f` every 50 ms until it gives a value; fail after `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -18,12 +18,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+/// Poll `f` every 50 ms until it gives a value; a failed assertion naming `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not ready after {limit:?}");
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    wait_for(what, limit, || ok().then_some(()))
 }
 
 struct Member {

@@ -341,7 +341,7 @@ async fn report(
         p.check().map_err(|e| ApiError(ErrorKind::BadRequest, e))?;
         let cfg = app.config();
         let actor = node_auth(&app, &headers, &cfg, p)?;
-        let detail = format!("{:?}: {}", req.verdict, req.reason);
+        let detail = format!("{}: {}", req.verdict.as_str(), req.reason);
         app.audit(Action::Report, &p.group, Some(&p.id), None, &actor, detail)
             .await;
         if !req.verdict.is_bad() {
@@ -358,7 +358,7 @@ async fn report(
             reason: format!(
                 "node {} reported {}: {}",
                 p.id,
-                verdict_name(req.verdict),
+                req.verdict.as_str(),
                 req.reason
             ),
             by: p.id.clone(),
@@ -378,14 +378,6 @@ async fn report(
     }
     .await;
     counted(&app, "report", r)
-}
-
-fn verdict_name(v: crate::lock::api::Verdict) -> &'static str {
-    match v {
-        crate::lock::api::Verdict::Healthy => "healthy",
-        crate::lock::api::Verdict::RolledBack => "rolled-back",
-        crate::lock::api::Verdict::Failed => "failed",
-    }
 }
 
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer<Status> {
