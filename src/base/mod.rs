@@ -14,6 +14,7 @@
 pub mod cmd;
 pub mod digest;
 pub mod firmware;
+pub mod haproxy;
 pub mod interrupt;
 pub mod logging;
 pub mod net;

@@ -53,12 +53,29 @@ pub enum RolloutCommand {
     Start(StartArgs),
     /// The rollout's state: per node its step, version and load-balancer state; the policy.
     Status(StatusArgs),
-    /// Stop after the current batch.
-    Pause(OptFleetArgs),
-    /// Continue a paused or interrupted rollout.
-    Resume(OptFleetArgs),
+    /// Stop after the current batch; with `--ref`, freeze a pull-mode wave where it is.
+    Pause(WaveControlArgs),
+    /// Continue a paused or interrupted rollout; with `--ref`, let a frozen wave move on.
+    Resume(WaveControlArgs),
     /// Stop between two steps; nothing more is touched.
     Abort(OptFleetArgs),
+    /// Pull mode: release a commit of REF to its nodes, on a wave from --start over --duration
+    /// (the ref's signed update graph, served beside the repo).
+    Plan(super::wave::PlanArgs),
+    /// Pull mode: nodes below this release go to it before any newer one.
+    Barrier(super::wave::MarkArgs),
+    /// Pull mode: nodes on this release stay (told why at login); it is no target.
+    Deadend(super::wave::MarkArgs),
+    /// Pull mode: nodes on this release go back to the good one named by --to, through the lock.
+    Recall(super::wave::RecallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WaveControlArgs {
+    #[command(flatten)]
+    pub fleet: OptFleetArgs,
+    #[command(flatten)]
+    pub wave: super::wave::WaveArgs,
 }
 
 /// Where fleets, the repo and images are.
@@ -129,6 +146,8 @@ pub struct StatusArgs {
     /// Print it again every 2 seconds until the rollout ends.
     #[arg(long)]
     pub watch: bool,
+    #[command(flatten)]
+    pub pull: super::wave::PullStatusArgs,
 }
 
 pub fn fleet(c: FleetCommand) -> Result<()> {
@@ -238,7 +257,20 @@ pub fn rollout(c: RolloutCommand) -> Result<()> {
             let r = ops::start(&a.manifest, &a.paths.paths(), &o, &progress(a.json))?;
             report(&r, a.json)
         }
-        RolloutCommand::Resume(a) => {
+        RolloutCommand::Resume(WaveControlArgs { wave, fleet }) if wave.ref_.is_some() => {
+            super::wave::wave(&fleet.paths.repo, wave, false)
+        }
+        RolloutCommand::Pause(WaveControlArgs { wave, fleet }) if wave.ref_.is_some() => {
+            super::wave::wave(&fleet.paths.repo, wave, true)
+        }
+        RolloutCommand::Plan(a) => super::wave::plan(a),
+        RolloutCommand::Barrier(a) => super::wave::barrier(a),
+        RolloutCommand::Deadend(a) => super::wave::deadend(a),
+        RolloutCommand::Recall(a) => super::wave::recall(a),
+        RolloutCommand::Status(a) if a.pull.ref_.is_some() => {
+            super::wave::status(&a.paths.repo, &a.pull, a.json)
+        }
+        RolloutCommand::Resume(WaveControlArgs { fleet: a, .. }) => {
             let p = a.paths.paths();
             let m = manifest(a.manifest, &p)?;
             let r = ops::resume(
@@ -249,7 +281,7 @@ pub fn rollout(c: RolloutCommand) -> Result<()> {
             )?;
             report(&r, false)
         }
-        RolloutCommand::Pause(a) => {
+        RolloutCommand::Pause(WaveControlArgs { fleet: a, .. }) => {
             let p = a.paths.paths();
             ops::signal(&manifest(a.manifest, &p)?, &p, Control::Pause)
         }

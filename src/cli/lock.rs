@@ -51,7 +51,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    fn client(&self) -> Result<Client> {
+    pub(super) fn client(&self) -> Result<Client> {
         let token = match &self.token_file {
             Some(p) => Some(
                 fs_err::read_to_string(p)

@@ -11,6 +11,7 @@ pub mod lock;
 pub mod node;
 pub mod release;
 pub mod vm;
+pub mod wave;
 
 use std::path::PathBuf;
 

@@ -19,6 +19,10 @@ pub enum NodeCommand {
     Rebase(RebaseArgs),
     /// Make the other deployment the default (or cancel a trial that has not booted yet).
     Rollback(RollbackArgs),
+    /// Update this node by itself: follow the ref's signed update graph, take leave from the
+    /// strategy of /etc/cairn/agent.toml (a window, a lock slot), deploy, reboot, and give the
+    /// slot back only after a healthy boot (cairn-agent.service).
+    Agent(AgentArgs),
     /// Classify this boot (cairn-trial.service).
     #[command(hide = true)]
     BootClassify,
@@ -34,6 +38,13 @@ pub enum NodeCommand {
     /// A trial boot past its deadline (cairn-trial-deadline.service).
     #[command(hide = true)]
     Deadline,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// One pass: stop at the first wait instead of sleeping.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +128,9 @@ pub fn run(c: NodeCommand) -> Result<()> {
             a.upgrade.json.json,
         ),
         NodeCommand::Rollback(a) => report(&moves::rollback(&p, a.reboot)?, a.json.json),
+        NodeCommand::Agent(a) => {
+            node::updates::actor::run(&p, node::updates::actor::AgentOpts { once: a.once })
+        }
         NodeCommand::BootClassify => node::agent::classify(&p),
         NodeCommand::HealthCheck => node::agent::health_check(&p),
         NodeCommand::BootGood => node::agent::boot_good(&p),

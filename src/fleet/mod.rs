@@ -24,6 +24,7 @@ pub mod lock;
 pub mod manifest;
 pub mod ops;
 pub mod provider;
+pub mod pull;
 pub mod rollout;
 pub mod state;
 pub mod status;

@@ -1,6 +1,7 @@
 //! The fleet's operations as the command line calls them: bring a fleet up or down, start,
 //! resume, pause and abort a rollout. (`cairn rollout status` is [`super::status`].)
 
+use crate::fleet::haproxy::RuntimeApi as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

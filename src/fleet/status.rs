@@ -1,6 +1,7 @@
 //! `cairn rollout status`: the rollout's state, who runs it, and what HAProxy says of each
 //! node now.
 
+use crate::fleet::haproxy::RuntimeApi as _;
 use std::path::Path;
 
 use anyhow::Result;

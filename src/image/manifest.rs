@@ -38,6 +38,7 @@ struct RawManifest {
     release_key: Option<Spanned<String>>,
     trial_boots: Option<Spanned<i64>>,
     health_deadline: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
 }
 
 /// Output formats.
@@ -157,6 +158,17 @@ pub struct Manifest {
     /// The node's settings: trial boots of a new deployment, and the deadline of each
     /// (`/etc/cairn/node.toml` and the deadline timer's drop-in in the deployment).
     pub node: crate::node::config::Config,
+    /// The update agent's settings (`agent`: a file checked as `/etc/cairn/agent.toml` is,
+    /// written there); `None`: the node runs no update agent.
+    pub agent: Option<AgentFile>,
+}
+
+/// The update agent's settings file an image ships.
+#[derive(Debug, Clone)]
+pub struct AgentFile {
+    pub path: PathBuf,
+    pub text: String,
+    pub config: crate::node::updates::config::AgentConfig,
 }
 
 impl Manifest {
@@ -213,6 +225,20 @@ pub fn load(path: &Path) -> Result<Manifest> {
     let trust = trust(&raw, dir, &at, file)?;
     let partitions = layout::layout(raw.partitions, size, &firmware, &at, file)?;
     let node = node_config(&raw.trial_boots, &raw.health_deadline, &at)?;
+    let agent = match &raw.agent {
+        None => None,
+        Some(a) => {
+            let p = dir.join(a.get_ref());
+            let config = crate::node::updates::config::AgentConfig::load(&p)
+                .map_err(|e| anyhow!("{}: key `agent`: {e:#}", at(a.span().start)))?;
+            let text = fs_err::read_to_string(&p)?;
+            Some(AgentFile {
+                path: p,
+                text,
+                config,
+            })
+        }
+    };
     Ok(Manifest {
         path: path.to_path_buf(),
         name,
@@ -228,6 +254,7 @@ pub fn load(path: &Path) -> Result<Manifest> {
         remote_url: raw.remote_url.map(|u| u.into_inner()),
         trust,
         node,
+        agent,
     })
 }
 

@@ -285,6 +285,9 @@ fn node_files(m: &Manifest, deployment: &Path, boot: &Path) -> Result<()> {
         fs_err::write(&p, text).with_context(|| format!("writing {}", p.display()))
     };
     write(crate::node::CONFIG, m.node.to_toml())?;
+    if let Some(a) = &m.agent {
+        write(crate::node::updates::config::PATH, a.text.clone())?;
+    }
     write(
         crate::node::units::DEADLINE_DROPIN,
         crate::node::units::deadline_dropin(m.node.health_deadline.as_secs()),

@@ -144,17 +144,73 @@ pub struct Halt {
     pub verdict: Option<Verdict>,
 }
 
+/// What a node's update agent is doing, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentPhase {
+    /// On the newest release open to it.
+    Steady,
+    /// A release is open to it; waiting for leave (a window, a slot).
+    Waiting,
+    /// Holding its leave: deploying, rebooting.
+    Updating,
+    /// Booted after an update, waiting for the verdict.
+    Verifying,
+    /// On a dead-end release.
+    DeadEnd,
+    /// Unhealthy, or an update failed.
+    Failed,
+}
+
+impl AgentPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentPhase::Steady => "steady",
+            AgentPhase::Waiting => "waiting",
+            AgentPhase::Updating => "updating",
+            AgentPhase::Verifying => "verifying",
+            AgentPhase::DeadEnd => "dead-end",
+            AgentPhase::Failed => "failed",
+        }
+    }
+}
+
+/// `POST /v1/node-report`: a node's update agent says where it is (kept per group and node,
+/// the last one wins), for the fleet-wide view of `cairn rollout status --ref`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    pub client_params: ClientParams,
+    pub commit: String,
+    /// The booted commit's version.
+    pub release: Option<String>,
+    pub phase: AgentPhase,
+    pub wariness: f64,
+    /// immediate, periodic, fleet-lock.
+    pub strategy: String,
+    /// The version it is going to, if any.
+    #[serde(default)]
+    pub target: Option<String>,
+    pub message: String,
+    /// When the service stored it (set by the service).
+    #[serde(default)]
+    pub at_ms: i64,
+}
+
 /// One group in the status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupStatus {
     pub name: String,
     pub slots: u32,
     pub holders: Vec<HolderStatus>,
     pub halted: Option<Halt>,
+    /// The last report of each node of the group, by id.
+    #[serde(default)]
+    pub nodes: Vec<NodeReport>,
 }
 
 /// `GET /v1/status` and `cairn lock status --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub version: u32,
     /// The server that answered.
@@ -213,6 +269,8 @@ pub enum ErrorKind {
     NotFound,
     /// The store (etcd) did not answer.
     StoreUnavailable,
+    /// The group's load balancer could not drain the node: no slot is given.
+    LoadBalancerUnavailable,
 }
 
 impl ErrorKind {
@@ -226,7 +284,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
-            ErrorKind::StoreUnavailable => 503,
+            ErrorKind::StoreUnavailable | ErrorKind::LoadBalancerUnavailable => 503,
         }
     }
 
@@ -241,6 +299,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NotFound => "not_found",
             ErrorKind::StoreUnavailable => "store_unavailable",
+            ErrorKind::LoadBalancerUnavailable => "load_balancer_unavailable",
         }
     }
 }

@@ -28,6 +28,10 @@ pub enum Action {
     Report,
     /// A group's slot count changed (start or reload).
     Slots,
+    /// A granted node was drained from the load balancer.
+    Drain,
+    /// A steady node was put back behind the load balancer.
+    Undrain,
 }
 
 /// One line of the log.

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::api::{
-    ClientParams, ErrorBody, ErrorKind, Grant, HaltChange, LockRequest, OperatorClear,
+    ClientParams, ErrorBody, ErrorKind, Grant, HaltChange, LockRequest, NodeReport, OperatorClear,
     OperatorHalt, OperatorRelease, Released, ReportRequest, Status, Verdict, PROTOCOL_HEADER,
 };
 
@@ -55,7 +55,8 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             token,
             agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
+                // Long enough for a grant that waits for the load balancer to drain the node.
+                .timeout(Duration::from_secs(90))
                 .build(),
         }
     }
@@ -145,6 +146,11 @@ impl Client {
             reason: reason.to_string(),
         };
         self.call("/v1/report", Some(&body))
+    }
+
+    /// `node-report`: say where this node's update agent is.
+    pub fn node_report(&self, r: &NodeReport) -> Result<NodeReport, ClientError> {
+        self.call("/v1/node-report", Some(r))
     }
 
     pub fn status(&self) -> Result<Status, ClientError> {

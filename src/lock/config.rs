@@ -85,6 +85,17 @@ struct RawGroup {
     name: Spanned<String>,
     slots: Option<Spanned<u32>>,
     allow_anonymous: Option<bool>,
+    load_balancer: Option<RawLoadBalancer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLoadBalancer {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    socket: PathBuf,
+    backend: Option<String>,
+    drain_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,11 +132,22 @@ impl StoreConfig {
 }
 
 /// A group's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
     pub slots: u32,
     /// Clients without a credential may take and release slots (they can name any id).
     pub allow_anonymous: bool,
+    /// The load balancer a granted node is drained from (its server is named by the node's id).
+    pub drain: Option<Drain>,
+}
+
+/// `[lock.groups.load-balancer]`: drain a node in HAProxy before its grant is answered, and put
+/// it back when it says it is steady.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    pub haproxy: crate::base::haproxy::Runtime,
+    /// How long open sessions may take to finish before the node is cut off anyway.
+    pub timeout: Duration,
 }
 
 /// A validated `lock.toml`.
@@ -148,7 +170,10 @@ pub struct LockConfig {
 impl LockConfig {
     /// The settings of `group`.
     pub fn group(&self, group: &str) -> GroupConfig {
-        self.groups.get(group).copied().unwrap_or(self.default)
+        self.groups
+            .get(group)
+            .cloned()
+            .unwrap_or_else(|| self.default.clone())
     }
 
     /// How often each server looks for holders whose TTL ran out: a quarter of the renewal
@@ -310,6 +335,7 @@ fn lock(raw: Option<RawLock>, at: &dyn Fn(usize) -> String) -> Result<LockSettin
         let d = GroupConfig {
             slots: 1,
             allow_anonymous: false,
+            drain: None,
         };
         return Ok((
             Duration::from_secs(900),
@@ -352,6 +378,7 @@ fn lock(raw: Option<RawLock>, at: &dyn Fn(usize) -> String) -> Result<LockSettin
     let default = GroupConfig {
         slots: raw.default_slots.unwrap_or(1),
         allow_anonymous: raw.allow_anonymous.unwrap_or(false),
+        drain: None,
     };
     let mut groups = BTreeMap::new();
     for g in raw.groups {
@@ -369,12 +396,41 @@ fn lock(raw: Option<RawLock>, at: &dyn Fn(usize) -> String) -> Result<LockSettin
         let cfg = GroupConfig {
             slots,
             allow_anonymous: g.allow_anonymous.unwrap_or(default.allow_anonymous),
+            drain: g.load_balancer.map(|lb| drain(lb, at)).transpose()?,
         };
         if groups.insert(name.clone(), cfg).is_some() {
             bail!("{g_at}: group {name:?} is listed twice in [[lock.groups]]");
         }
     }
     Ok((ttl, renew, default, groups))
+}
+
+/// `[lock.groups.load-balancer]`, checked.
+fn drain(lb: RawLoadBalancer, at: &dyn Fn(usize) -> String) -> Result<Drain> {
+    if lb.kind.get_ref() != "haproxy" {
+        bail!(
+            "{}: key `type`: {:?} is not a load balancer cairn drives (\"haproxy\")",
+            at(lb.kind.span().start),
+            lb.kind.get_ref()
+        );
+    }
+    let timeout = match &lb.drain_timeout {
+        None => Duration::from_secs(30),
+        Some(s) => parse_duration(s.get_ref()).ok_or_else(|| {
+            anyhow!(
+                "{}: key `drain-timeout`: {:?} is not a duration like \"30s\"",
+                at(s.span().start),
+                s.get_ref()
+            )
+        })?,
+    };
+    Ok(Drain {
+        haproxy: crate::base::haproxy::Runtime {
+            socket: lb.socket,
+            backend: lb.backend.unwrap_or_else(|| "nodes".into()),
+        },
+        timeout,
+    })
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod moves;
 pub mod record;
 pub mod state;
 pub mod units;
+pub mod updates;
 pub mod view;
 
 use std::io::Write;

@@ -88,8 +88,10 @@ pub fn rebase(p: &Paths, ref_: &str, opts: MoveOpts) -> Result<Moved> {
 /// How many retired refs an upgrade follows in a row.
 const MAX_EOL_HOPS: usize = 4;
 
-fn move_to(p: &Paths, new_ref: Option<&str>, opts: MoveOpts) -> Result<Moved> {
-    let _lock = Lock::take(p)?;
+/// What every move starts with: the node's lock, its view, its settings and the booted
+/// deployment, once the boot is classified and the node is steady.
+fn begin(p: &Paths) -> Result<(Lock, Ctx, Config, DeploymentInfo)> {
+    let lock = Lock::take(p)?;
     let mut ctx = Ctx::open(p)?;
     ensure_classified(&mut ctx)?;
     let state = ctx.state()?;
@@ -98,6 +100,11 @@ fn move_to(p: &Paths, new_ref: Option<&str>, opts: MoveOpts) -> Result<Moved> {
     }
     let config = Config::load(&p.config())?;
     let booted = ctx.node.booted()?;
+    Ok((lock, ctx, config, booted))
+}
+
+fn move_to(p: &Paths, new_ref: Option<&str>, opts: MoveOpts) -> Result<Moved> {
+    let (_lock, mut ctx, config, booted) = begin(p)?;
     let mut target = Target::of(&booted, new_ref)?;
     let found = follow_endoflife(&ctx, &mut target)?;
     if found.commit == booted.commit && Some(&target.ref_) == target.followed.as_ref() {
@@ -125,6 +132,50 @@ fn move_to(p: &Paths, new_ref: Option<&str>, opts: MoveOpts) -> Result<Moved> {
             full.commit
         );
     }
+    let trial = deploy_and_arm(&mut ctx, &target, &found, &booted, config.trial_boots, opts)?;
+    report_armed(&ctx, target, found, &full, &trial, opts)
+}
+
+/// `cairn node deploy COMMIT`, the update agent's move: one commit of the followed ref — newer
+/// or older, as the update graph says — pulled by checksum (its signature checked before any
+/// file is fetched), refused when it failed its trial before, then deployed and armed like an
+/// upgrade. The deployment keeps following the ref.
+pub fn deploy_commit(p: &Paths, commit: &str, opts: MoveOpts) -> Result<Moved> {
+    if !crate::store::sysroot::is_checksum(commit) {
+        bail!("{commit:?} is not a commit checksum");
+    }
+    let (_lock, mut ctx, config, booted) = begin(p)?;
+    let target = Target::of(&booted, None)?;
+    if booted.commit == commit {
+        return Ok(Moved::none(format!("already on {}", short_hash(commit))));
+    }
+    if let Some(f) = ctx.status.refused(commit) {
+        if !opts.allow_retry {
+            bail!(
+                "{} failed its trial on {} ({}); not deploying it again",
+                short_hash(commit),
+                f.time,
+                f.reason
+            );
+        }
+    }
+    let head = ctx.node.pull(&target.remote, commit, true)?;
+    let version = crate::store::load_commit(&ctx.node.repo(), commit)?
+        .meta
+        .version;
+    let found = Found {
+        what: format!(
+            "{} ({})",
+            short_hash(commit),
+            version.as_deref().unwrap_or("no version")
+        ),
+        commit: commit.to_string(),
+        version,
+        bytes: head.bytes,
+        delta_parts: head.delta_parts,
+        eol: None,
+    };
+    let full = ctx.node.pull(&target.remote, commit, false)?;
     let trial = deploy_and_arm(&mut ctx, &target, &found, &booted, config.trial_boots, opts)?;
     report_armed(&ctx, target, found, &full, &trial, opts)
 }

@@ -7,6 +7,8 @@
 //!   `cairn-health.service` (the checks); a failed check starts `cairn-health-failed.service`.
 //! - `cairn-trial-deadline.timer` (only in a deployment on trial) reboots a trial boot that
 //!   never reaches a verdict.
+//! - `cairn-agent.service` (only where the image wrote `/etc/cairn/agent.toml`) runs the update
+//!   agent, `cairn node agent`.
 
 use crate::base::digest::sha256_hex;
 
@@ -35,6 +37,7 @@ pub const UNITS: &[Unit] = &[
     unit!("cairn-health-failed.service"),
     unit!("cairn-trial-deadline.timer"),
     unit!("cairn-trial-deadline.service"),
+    unit!("cairn-agent.service"),
 ];
 
 /// The units that `systemctl enable` takes (those with an `[Install]` section).
@@ -83,7 +86,8 @@ mod tests {
                 "cairn-trial.service",
                 "cairn-boot-settled.service",
                 "cairn-health.service",
-                "cairn-trial-deadline.timer"
+                "cairn-trial-deadline.timer",
+                "cairn-agent.service"
             ]
         );
         for u in UNITS {

@@ -54,7 +54,7 @@ impl GpgHome {
     }
 
     /// `gpg` in batch mode on this home.
-    fn gpg(&self) -> Cmd {
+    pub(crate) fn gpg(&self) -> Cmd {
         let c = Cmd::new("gpg").args(["--batch", "--no-tty"]);
         match &self.0 {
             Some(p) => c.arg("--homedir").arg(p),

@@ -11,6 +11,7 @@
 //! that its node accepts only what the release key signed.
 
 pub mod audit;
+pub mod graph;
 pub mod history;
 pub mod key;
 pub mod promote;

@@ -62,6 +62,19 @@ impl Signer {
         .with_context(|| format!("signing the summary with {}", self.key.fingerprint))
     }
 
+    /// A detached binary signature of the file `data` by this key, written to `sig`.
+    pub fn sign_detached(&self, data: &std::path::Path, sig: &std::path::Path) -> Result<()> {
+        self.home
+            .gpg()
+            .args(["--yes", "--local-user", &self.key.fingerprint, "--output"])
+            .arg(sig)
+            .args(["--detach-sign", "--"])
+            .arg(data)
+            .run()
+            .with_context(|| format!("signing {} with {}", data.display(), self.key.fingerprint))?;
+        Ok(())
+    }
+
     /// Does `commit` carry a valid signature by this key?
     pub fn signed(&self, repo: &ostree::Repo, commit: &str) -> Result<bool> {
         Ok(signatures(repo, commit, Some(self))?

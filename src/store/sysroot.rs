@@ -267,6 +267,14 @@ impl Node {
             }
             return Err(e).context(what);
         }
+        if is_checksum(ref_) {
+            // Pulled by checksum (the update agent's move to one release): no ref moved.
+            return Ok(Pulled {
+                commit: ref_.to_string(),
+                bytes: progress.uint64("bytes-transferred"),
+                delta_parts: progress.uint("fetched-delta-parts"),
+            });
+        }
         let refspec = format!("{remote}:{ref_}");
         let commit = repo
             .resolve_rev(&refspec, false)
@@ -363,4 +371,9 @@ impl Node {
             )
             .context("writing the deployments (and the bootloader's entries)")
     }
+}
+
+/// A commit checksum (64 hex digits), which a pull takes in place of a ref.
+pub fn is_checksum(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -7,6 +7,7 @@
 //! max-unavailable` serving. Needs root, the build host's apt sources, QEMU, HAProxy and gpg
 //! (.ci/deps installs them).
 
+use cairn::fleet::haproxy::RuntimeApi as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

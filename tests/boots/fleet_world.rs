@@ -3,6 +3,7 @@
 //! `cairn` commands the operator would type, a load through HAProxy and a watch on how many
 //! nodes serve. The fleet's VMs and HAProxy are brought down on drop, also when a step fails.
 
+use cairn::fleet::haproxy::RuntimeApi as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -18,6 +18,7 @@ pub mod in_place;
 pub mod replace;
 mod steps;
 
+use crate::fleet::haproxy::RuntimeApi as _;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! create, remove. Each does its work and persists the node's next step; each is safe to run
 //! again from its start when a killed rollout resumes (it checks what is done already).
 
+use crate::fleet::haproxy::RuntimeApi as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};

@@ -5,6 +5,7 @@
 //! each) and the reload on SIGHUP (a changed configuration applies at once, holders kept; one
 //! that does not load is refused with its error and the old one stays).
 
+mod nodes;
 pub mod routes;
 
 use std::collections::BTreeMap;

@@ -46,9 +46,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Answer<T> = Result<Json<T>, ApiError>;
+pub(super) type Answer<T> = Result<Json<T>, ApiError>;
 
-fn store_error(e: anyhow::Error) -> ApiError {
+pub(super) fn store_error(e: anyhow::Error) -> ApiError {
     ApiError(ErrorKind::StoreUnavailable, format!("{e:#}"))
 }
 
@@ -58,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/pre-reboot", post(pre_reboot))
         .route("/v1/steady-state", post(steady_state))
         .route("/v1/report", post(report))
+        .route("/v1/node-report", post(super::nodes::node_report))
         .route("/v1/status", get(status))
         .route("/v1/operator/release", post(operator_release))
         .route("/v1/operator/halt", post(operator_halt))
@@ -86,7 +87,7 @@ async fn not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiErr
 }
 
 /// Count the request's outcome, then answer it.
-fn counted<T>(app: &App, endpoint: &str, r: Answer<T>) -> Answer<T> {
+pub(super) fn counted<T>(app: &App, endpoint: &str, r: Answer<T>) -> Answer<T> {
     let outcome = match &r {
         Ok(_) => "ok",
         Err(e) => e.0.as_str(),
@@ -95,7 +96,7 @@ fn counted<T>(app: &App, endpoint: &str, r: Answer<T>) -> Answer<T> {
     r
 }
 
-fn protocol_header(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn protocol_header(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()) {
         Some(v) if v.trim().eq_ignore_ascii_case("true") => Ok(()),
         _ => Err(ApiError(
@@ -105,7 +106,7 @@ fn protocol_header(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError(ErrorKind::BadRequest, format!("the request body: {e}")))
 }
@@ -129,7 +130,7 @@ fn principal(app: &App, headers: &HeaderMap) -> Result<Option<Principal>, ApiErr
 }
 
 /// May this request act for `params.id`? The actor's name for the audit log.
-fn node_auth(
+pub(super) fn node_auth(
     app: &App,
     headers: &HeaderMap,
     cfg: &LockConfig,
@@ -213,6 +214,11 @@ async fn take_slot(app: &App, headers: &HeaderMap, body: &Bytes) -> Answer<Grant
     };
     match app.backend.acquire(&args).await.map_err(store_error)? {
         Acquired::Granted(h) => {
+            if let Err(e) = super::nodes::drain(app, &p.group, &p.id, h.token).await {
+                // No grant without the drain: give the slot back at once.
+                let _ = app.backend.release(&p.group, &p.id, Some(h.token)).await;
+                return Err(e);
+            }
             app.audit(
                 Action::Grant,
                 &p.group,
@@ -286,6 +292,9 @@ async fn steady_state(
         p.check().map_err(|e| ApiError(ErrorKind::BadRequest, e))?;
         let cfg = app.config();
         let actor = node_auth(&app, &headers, &cfg, p)?;
+        // Steady: back behind the load balancer first, then the slot (a failure keeps both,
+        // and the node asks again).
+        super::nodes::undrain(&app, &p.group, &p.id).await?;
         release(
             &app,
             &p.group,
@@ -385,6 +394,7 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer<Statu
         operator_auth(&app, &headers)?;
         let cfg = app.config();
         let groups = app.groups().await.map_err(store_error)?;
+        let mut nodes = app.backend.nodes().await.map_err(store_error)?;
         Ok(Json(Status {
             version: VERSION,
             server: cfg.server_name.clone(),
@@ -393,6 +403,7 @@ async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Answer<Statu
             groups: groups
                 .into_iter()
                 .map(|(name, (slots, view))| crate::lock::api::GroupStatus {
+                    nodes: nodes.remove(&name).unwrap_or_default(),
                     name,
                     slots,
                     holders: view.holders.iter().map(Holder::status).collect(),

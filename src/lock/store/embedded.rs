@@ -14,16 +14,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::{now_ms, AcquireArgs, Acquired};
-use crate::lock::api::Halt;
+use crate::lock::api::{Halt, NodeReport};
 use crate::lock::policy::{self, Decision, GroupView, Holder, HolderRecord};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct State {
     version: u32,
     /// The last fencing token given.
     last_token: u64,
     groups: BTreeMap<String, GroupState>,
+    /// Each node's last report, by group and id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    nodes: BTreeMap<String, BTreeMap<String, NodeReport>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +227,26 @@ impl Embedded {
             .groups
             .iter()
             .map(|(k, g)| (k.clone(), g.view()))
+            .collect())
+    }
+
+    pub async fn put_node(&self, r: &NodeReport) -> Result<()> {
+        let mut state = self.state.lock().await;
+        let mut next = state.clone();
+        let p = &r.client_params;
+        next.nodes
+            .entry(p.group.clone())
+            .or_default()
+            .insert(p.id.clone(), r.clone());
+        self.commit(&mut state, next)
+    }
+
+    pub async fn nodes(&self) -> Result<BTreeMap<String, Vec<NodeReport>>> {
+        let state = self.state.lock().await;
+        Ok(state
+            .nodes
+            .iter()
+            .map(|(g, n)| (g.clone(), n.values().cloned().collect()))
             .collect())
     }
 

@@ -26,7 +26,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, AcquireArgs, Acquired};
-use crate::lock::api::Halt;
+use crate::lock::api::{Halt, NodeReport};
 use crate::lock::policy::{self, Decision, GroupView, Holder, HolderRecord};
 
 /// Transactions one request may retry when others change its group under it.
@@ -401,6 +401,35 @@ impl EtcdStore {
             add_to_view(groups.entry(group.to_string()).or_default(), rest, kv)?;
         }
         Ok(groups)
+    }
+
+    /// A node's report, at `PREFIX/nodes/GROUP/ID` (no lease: the last one stays).
+    pub async fn put_node(&self, r: &NodeReport) -> Result<()> {
+        let p = &r.client_params;
+        let key = format!("{}/nodes/{}/{}", self.prefix, p.group, p.id);
+        self.c()
+            .put(key, serde_json::to_vec(r)?, None)
+            .await
+            .context("etcd: writing a node's report")?;
+        Ok(())
+    }
+
+    pub async fn nodes(&self) -> Result<BTreeMap<String, Vec<NodeReport>>> {
+        let base = format!("{}/nodes/", self.prefix);
+        let r = self
+            .c()
+            .get(base.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .context("etcd: reading the nodes' reports")?;
+        let mut out: BTreeMap<String, Vec<NodeReport>> = BTreeMap::new();
+        for kv in r.kvs() {
+            let at = || format!("etcd key {:?}", kv.key_str().unwrap_or("?"));
+            let n: NodeReport = serde_json::from_slice(kv.value()).with_context(at)?;
+            out.entry(n.client_params.group.clone())
+                .or_default()
+                .push(n);
+        }
+        Ok(out)
     }
 
     pub async fn reap(&self, now_ms: i64) -> Result<Vec<(String, Holder)>> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::api::Halt;
+use super::api::{Halt, NodeReport};
 use super::policy::{Decision, GroupView, Holder};
 
 /// What `pre-reboot` got from the store.
@@ -105,6 +105,22 @@ impl Backend {
         match self {
             Backend::Etcd(s) => s.groups().await,
             Backend::Embedded(s) => s.groups().await,
+        }
+    }
+
+    /// Keep a node's last report.
+    pub async fn put_node(&self, r: &NodeReport) -> Result<()> {
+        match self {
+            Backend::Etcd(s) => s.put_node(r).await,
+            Backend::Embedded(s) => s.put_node(r).await,
+        }
+    }
+
+    /// Every node's last report, by group.
+    pub async fn nodes(&self) -> Result<BTreeMap<String, Vec<NodeReport>>> {
+        match self {
+            Backend::Etcd(s) => s.nodes().await,
+            Backend::Embedded(s) => s.nodes().await,
         }
     }
 
