@@ -56,6 +56,18 @@ pub fn steps() -> Vec<Step<World>> {
             unhealthy_halts,
         ),
         Step::new(
+            "pull_a_wave_moves_every_node_when_it_reaches_it_one_slot_at_a_time",
+            super::pull::wave,
+        ),
+        Step::new(
+            "pull_a_bad_release_rolls_its_first_node_back_and_halts_the_group",
+            super::pull::bad_release_halts,
+        ),
+        Step::new(
+            "pull_a_recall_after_the_wave_brings_every_node_back",
+            super::pull::recall_brings_every_node_back,
+        ),
+        Step::new(
             "a_node_lost_mid_batch_halts_the_rollout_naming_it",
             lost_node_halts,
         ),

@@ -59,7 +59,7 @@ pub struct World {
     pub image_manifest: PathBuf,
     pub lb_port: u16,
     pub ssh_lb_port: u16,
-    repo_port: u16,
+    pub repo_port: u16,
     pub up: bool,
     pub ssh_up: bool,
     /// The load through the driven fleet's HAProxy, from the fleet's coming up to the last
@@ -73,11 +73,25 @@ pub struct World {
     /// A rollout running in the background between two steps, and the commits composed.
     pub running: Option<Child>,
     pub versions: Vec<Value>,
+    /// Pull mode (`pull.rs`): the port the nodes' agents reach the lock service on (their
+    /// agent.toml, in every image), the service and the repo server while they run.
+    pub lock_port: u16,
+    pub lock: Option<Child>,
+    pub repo_server: Option<Child>,
+    /// The pull steps' releases: the one the nodes were on, and the wave's.
+    pub pull: Vec<String>,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut c) = self.running.take() {
+        for mut c in [
+            self.running.take(),
+            self.lock.take(),
+            self.repo_server.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -103,7 +117,19 @@ impl World {
         let dir = sh.dir.join("fleet");
         let repo_port = port();
         let lb_port = port();
+        let lock_port = port();
         std::fs::create_dir_all(&dir).unwrap();
+        // Every image runs the update agent; it moves only once a graph is published and the
+        // lock service answers (the pull-mode steps), never during the push rollouts.
+        std::fs::write(
+            dir.join("agent.toml"),
+            format!(
+                "[agent.timing]\nsteady-interval = \"10s\"\n[identity]\ngroup = \"app\"\n\
+                 [updates]\nstrategy = \"fleet-lock\"\n\
+                 [updates.fleet-lock]\nbase-url = \"http://10.0.2.2:{lock_port}/\"\n"
+            ),
+        )
+        .unwrap();
         let image_manifest = dir.join("app.toml");
         std::fs::write(
             &image_manifest,
@@ -114,7 +140,7 @@ impl World {
                  trial-boots = 1\nhealth-deadline = \"10m\"\nsize = \"4G\"\n\
                  firmware = [\"bios\"]\nformats = [\"qcow2\"]\nprovisioning = \"nocloud\"\n\
                  remote-url = \"http://10.0.2.2:{repo_port}/\"\n\
-                 remote-gpg-key-file = \"{}\"\n",
+                 remote-gpg-key-file = \"{}\"\nagent = \"agent.toml\"\n",
                 sh.public.display()
             ),
         )
@@ -158,6 +184,10 @@ impl World {
             seen: Vec::new(),
             running: None,
             versions: Vec::new(),
+            lock_port,
+            lock: None,
+            repo_server: None,
+            pull: Vec::new(),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::{chain, release_world};
 
 mod fleet;
 mod fleet_world;
+mod pull;
 pub mod shared;
 mod vmtest;
 

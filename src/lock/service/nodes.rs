@@ -1,9 +1,11 @@
 //! What the service does for pull-mode fleets beyond FleetLock: it keeps each node's last
 //! report (`POST /v1/node-report`, shown by `cairn lock status` and `cairn rollout status
-//! --ref`), and it drives the group's load balancer (`[lock.groups.load-balancer]`): a node
+//! --ref`), and it drives the group's load balancer (`[lock.groups.load-balancer]`). A node
 //! granted a slot is drained (no new sessions; the open ones finish, up to `drain-timeout`)
-//! before the grant is answered, so the node never reboots under traffic, and it is put back
-//! when it calls `steady-state` (its agent does so only after a healthy boot).
+//! before the grant is answered, and only once every other server in service is up: the slot
+//! is health-gated, so no node goes out while another is still coming back, and none reboots
+//! under traffic. It is put back when it calls `steady-state` (its agent does so only after a
+//! healthy boot).
 //!
 //! The service drains, not a hook on the node: the load balancer's admin socket is where the
 //! service runs, no node can reach it (nor should: a node that could drain itself could drain
@@ -80,6 +82,13 @@ pub async fn drain(app: &App, group: &str, id: &str, token: u64) -> Result<(), A
     let (node, limit) = (id.to_string(), d.timeout);
     let started = std::time::Instant::now();
     blocking(&d, format!("draining {id}"), move |lb| {
+        // Health-gated: every other server in service must be up before this one goes out.
+        let others = lb
+            .servers()?
+            .iter()
+            .filter(|s| s.name != node && s.status != "MAINT")
+            .count();
+        lb.wait_others_up(&node, others, limit)?;
         lb.drain(&node, limit)
     })
     .await?;

@@ -10,7 +10,8 @@
 //! - `recall` (cairn's): a node on it moves back to the named good release, through the same
 //!   lock, whatever its wariness.
 //!
-//! A release without `rollout` is listed but not planned: no node moves to it. The graph is
+//! A release without `rollout` is listed but not planned: no node moves to it. A node on a commit
+//! the graph does not list moves nowhere (list the release it runs first). The graph is
 //! served beside the repo as `updates/<ref>.json` with a detached GPG signature by the release
 //! key (`.json.sig`, [`edit`] writes both), and a node reads it only when the key its remote
 //! trusts signed it ([`verify`]); its `serial` only grows, so a node refuses an older one.
@@ -153,33 +154,37 @@ impl Graph {
 
     /// Where a node booted into `booted` (a commit), of `wariness`, goes at `now`.
     pub fn next(&self, booted: &str, wariness: f64, now: i64) -> Next<'_> {
-        let at = self.releases.iter().position(|r| r.commit == booted);
-        if let Some(i) = at {
-            let here = &self.releases[i];
-            if let Some(r) = &here.metadata.recall {
-                return match self.release(&r.to) {
-                    Some(to) if to.commit != booted => Next::Update {
-                        to,
-                        why: format!(
-                            "{} is recalled ({}): back to {}",
-                            here.version, r.reason, r.to
-                        ),
-                    },
-                    _ => Next::Stay {
-                        why: format!(
-                            "{} is recalled to {}, which is not listed",
-                            here.version, r.to
-                        ),
-                    },
-                };
-            }
-            if let Some(d) = &here.metadata.deadend {
-                return Next::DeadEnd {
-                    reason: d.reason.clone(),
-                };
-            }
+        let Some(i) = self.releases.iter().position(|r| r.commit == booted) else {
+            // As Cincinnati: a node on a release the graph does not list has no edges (it could
+            // be newer than all of them: moving it would be a downgrade nobody planned).
+            return Next::Stay {
+                why: "the booted commit is not a release of the graph".into(),
+            };
+        };
+        let here = &self.releases[i];
+        if let Some(r) = &here.metadata.recall {
+            return match self.release(&r.to) {
+                Some(to) if to.commit != booted => Next::Update {
+                    to,
+                    why: format!(
+                        "{} is recalled ({}): back to {}",
+                        here.version, r.reason, r.to
+                    ),
+                },
+                _ => Next::Stay {
+                    why: format!(
+                        "{} is recalled to {}, which is not listed",
+                        here.version, r.to
+                    ),
+                },
+            };
         }
-        let from = at.map_or(0, |i| i + 1);
+        if let Some(d) = &here.metadata.deadend {
+            return Next::DeadEnd {
+                reason: d.reason.clone(),
+            };
+        }
+        let from = i + 1;
         let mut best = None;
         let mut waiting = None;
         for r in &self.releases[from.min(self.releases.len())..] {
