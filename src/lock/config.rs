@@ -465,6 +465,27 @@ mod tests {
     }
 
     #[test]
+    fn a_group_names_the_load_balancer_that_drains_its_nodes() {
+        let c = load_text(
+            "[[lock.groups]]\nname = \"app\"\n[lock.groups.load-balancer]\ntype = \"haproxy\"\n\
+             socket = \"/run/lb.sock\"\ndrain-timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let d = c.group("app").drain.unwrap();
+        assert_eq!(d.haproxy.backend, "nodes");
+        assert_eq!(d.timeout, Duration::from_secs(5));
+        assert!(c.group("other").drain.is_none());
+        let e = load_text(
+            "[[lock.groups]]\nname = \"app\"\n[lock.groups.load-balancer]\ntype = \"f5\"\nsocket = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("lock.toml:4: key `type`"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_file_line_and_key() {
         for (text, want) in [
             (

@@ -16,6 +16,7 @@ mod fixed_defects;
 mod gate;
 mod leases;
 mod operate;
+mod pull;
 mod wire;
 
 use std::path::{Path, PathBuf};
