@@ -78,6 +78,10 @@ fn shipped_manifests_parse() {
     assert_eq!(f.size(), 3);
     assert_eq!(f.policy.max_unavailable, 1);
     assert!(f.repo_listen.is_some());
+    let a = cairn::node::updates::config::AgentConfig::load(Path::new("manifests/agent-app.toml"))
+        .unwrap();
+    assert_eq!(a.strategy.name(), "fleet-lock");
+    assert_eq!(a.group, "app");
 }
 
 #[test]

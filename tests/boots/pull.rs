@@ -90,7 +90,7 @@ fn services(w: &mut World) {
         format!(
             "[service]\naddress = \"127.0.0.1\"\nport = {port}\nname = \"ci\"\n\
              [store]\npath = \"{store}\"\n\
-             [lock]\nlease-ttl = \"4m\"\nrenew-interval = \"30s\"\n\
+             [lock]\nlease-ttl = \"10m\"\nrenew-interval = \"30s\"\n\
              [[lock.groups]]\nname = \"{GROUP}\"\nslots = 1\nallow-anonymous = true\n\
              [lock.groups.load-balancer]\ntype = \"haproxy\"\nsocket = \"{sock}\"\n\
              backend = \"nodes\"\ndrain-timeout = \"20s\"\n\

@@ -160,9 +160,9 @@ impl Actor {
                 let h = held.clone();
                 self.deploy(st, h)
             }
-            AgentState::Staged { .. } => {
-                reboot()?;
-                Ok((st.rebooting()?, None))
+            AgentState::Staged { ref held } => {
+                let h = held.clone();
+                self.reboot_on(st, h)
             }
             AgentState::Rebooting => Ok((st, None)),
         }
@@ -476,6 +476,32 @@ impl Actor {
                 Ok((st.failed()?, Some(jitter(self.cfg.steady_interval))))
             }
         }
+    }
+
+    /// Reboot into the staged target, once the slot is known to be still ours: a grant lost
+    /// meanwhile (its TTL ran out, an operator released it) cancels the armed deployment.
+    fn reboot_on(&mut self, st: AgentState, h: Held) -> Step {
+        if let (Some(c), Some(s)) = (&self.lock, &h.slot) {
+            if let Err(e) = c.pre_reboot(&self.params(), Some(s.fencing_token)) {
+                if e.kind() == Some(crate::lock::api::ErrorKind::LeaseLost) {
+                    note(
+                        Level::Warning,
+                        "agent-lost",
+                        &format!(
+                            "{e}: not rebooting; cancelling the armed {}",
+                            h.target.version
+                        ),
+                    );
+                    moves::rollback(&self.p, false)?;
+                    self.record.held = None;
+                    self.record.save(&self.p)?;
+                    return Ok((st.lost()?, Some(jitter(self.cfg.steady_interval))));
+                }
+                tracing::warn!("renewing the slot before the reboot: {e} (rebooting on the grant)");
+            }
+        }
+        reboot()?;
+        Ok((st.rebooting()?, None))
     }
 
     /// Tell the lock service where this node is (fleet-lock only; a failure is logged).

@@ -148,6 +148,14 @@ impl AgentState {
         }
     }
 
+    /// The slot was lost before the reboot: the armed target is cancelled.
+    pub fn lost(self) -> Next {
+        match self {
+            AgentState::Staged { .. } => Ok(AgentState::Steady),
+            s => Err(s.invalid("lose the slot")),
+        }
+    }
+
     /// Rebooting into the target (or into a staged target found at start).
     pub fn rebooting(self) -> Next {
         match self {

@@ -65,6 +65,9 @@ fn a_transition_from_the_wrong_state_is_refused() {
     assert_eq!(s.withdrawn().unwrap(), AgentState::Steady);
     let p = AgentState::Permitted { held: held() };
     assert_eq!(p.failed().unwrap(), AgentState::Steady);
+    let staged = AgentState::Staged { held: held() };
+    assert_eq!(staged.lost().unwrap(), AgentState::Steady);
+    assert!(AgentState::Steady.lost().is_err());
 }
 
 #[test]
