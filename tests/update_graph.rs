@@ -441,7 +441,7 @@ fn a_change_that_cannot_apply_names_what_is_wrong_and_changes_nothing() {
     refused(&["deadend", REF, "7.7", "--reason", "x"], "7.7");
     refused(
         &["recall", REF, "2.0", "--to", "2.0", "--reason", "x"],
-        "recalled itself",
+        "come back to it",
     );
     assert_eq!(w.graph().metadata.serial, 2);
     assert_eq!(w.audit_lines().len(), 2);

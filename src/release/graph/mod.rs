@@ -163,18 +163,18 @@ impl Graph {
         };
         let here = &self.releases[i];
         if let Some(r) = &here.metadata.recall {
-            return match self.release(&r.to) {
+            return match self.recalled_to(here) {
                 Some(to) if to.commit != booted => Next::Update {
                     to,
                     why: format!(
                         "{} is recalled ({}): back to {}",
-                        here.version, r.reason, r.to
+                        here.version, r.reason, to.version
                     ),
                 },
                 _ => Next::Stay {
                     why: format!(
-                        "{} is recalled to {}, which is not listed",
-                        here.version, r.to
+                        "{} is recalled, but to no release it can go to",
+                        here.version
                     ),
                 },
             };
@@ -225,6 +225,20 @@ impl Graph {
         }
     }
 
+    /// Where the nodes of a recalled release go: along its recalls (a release recalled to one
+    /// that was recalled later goes on to that one's target) to the first release not recalled;
+    /// `None` for a release not recalled, or a chain that does not end.
+    pub fn recalled_to<'a>(&'a self, r: &'a Release) -> Option<&'a Release> {
+        let mut at = r;
+        for _ in 0..=self.releases.len() {
+            match &at.metadata.recall {
+                None => return (at.version != r.version).then_some(at),
+                Some(rc) => at = self.release(&rc.to)?,
+            }
+        }
+        None
+    }
+
     /// Check what a reader relies on: the schema, the stream, versions and commits unique,
     /// percentages in range, each recall naming a listed release that is not recalled itself.
     pub fn check(&self) -> Result<()> {
@@ -258,12 +272,14 @@ impl Graph {
                 }
             }
             if let Some(rc) = &r.metadata.recall {
-                match self.release(&rc.to) {
-                    None => bail!("{what}: recalled to {:?}, which is not listed", rc.to),
-                    Some(to) if to.metadata.recall.is_some() || to.version == r.version => {
-                        bail!("{what}: recalled to {:?}, which is recalled itself", rc.to)
-                    }
-                    Some(_) => {}
+                if self.release(&rc.to).is_none() {
+                    bail!("{what}: recalled to {:?}, which is not listed", rc.to);
+                }
+                if self.recalled_to(r).is_none() {
+                    bail!(
+                        "{what}: recalled to {:?}, whose recalls come back to it: they must end on a release that is not recalled",
+                        rc.to
+                    );
                 }
             }
         }

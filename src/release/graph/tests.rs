@@ -112,6 +112,25 @@ fn a_recall_sends_its_nodes_back_whatever_their_wariness() {
 }
 
 #[test]
+fn recalls_chain_to_the_first_release_not_recalled_and_never_loop() {
+    let recall = |r: &mut Release, to: &str| {
+        r.metadata.recall = Some(Recall {
+            reason: "bad".into(),
+            to: to.into(),
+        })
+    };
+    let (mut r2, mut r3) = (rel("2", 2, Some(0), 0), rel("3", 3, Some(0), 0));
+    recall(&mut r3, "2");
+    recall(&mut r2, "1");
+    let mut g = graph(vec![rel("1", 1, Some(0), 0), r2, r3]);
+    assert_eq!(to(g.next(&c(3), 0.5, 10)), Some("1".into()));
+    assert_eq!(to(g.next(&c(2), 0.5, 10)), Some("1".into()));
+    // 1 recalled to 3 closes the loop: refused.
+    recall(&mut g.releases[0], "3");
+    assert!(format!("{:#}", g.check().unwrap_err()).contains("come back to it"));
+}
+
+#[test]
 fn check_refuses_what_a_reader_cannot_follow() {
     let mut g = graph(vec![rel("1", 1, Some(0), 0)]);
     g.releases.push(rel("1", 2, None, 0));
