@@ -73,12 +73,31 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// A node id HAProxy's runtime API can take as a server name: nothing that could end the
+/// command (`;`, spaces, newlines) reaches the admin socket.
+fn server_name(id: &str) -> Result<(), ApiError> {
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Ok(());
+    }
+    Err(ApiError(
+        ErrorKind::BadRequest,
+        format!(
+            "node id {id:?} cannot name a load-balancer server (letters, digits, `.`, `_`, `-`)"
+        ),
+    ))
+}
+
 /// Drain `id` from its group's load balancer, if the group has one; audited.
 pub async fn drain(app: &App, group: &str, id: &str, token: u64) -> Result<(), ApiError> {
     let cfg = app.config();
     let Some(d) = cfg.group(group).drain else {
         return Ok(());
     };
+    server_name(id)?;
     let (node, limit) = (id.to_string(), d.timeout);
     let started = std::time::Instant::now();
     blocking(&d, format!("draining {id}"), move |lb| {
@@ -89,7 +108,12 @@ pub async fn drain(app: &App, group: &str, id: &str, token: u64) -> Result<(), A
             .filter(|s| s.name != node && s.status != "MAINT")
             .count();
         lb.wait_others_up(&node, others, limit)?;
-        lb.drain(&node, limit)
+        let drained = lb.drain(&node, limit);
+        if drained.is_err() {
+            // No grant comes of it: the node goes back into service rather than staying cut off.
+            let _ = lb.set_state(&node, LbState::Ready);
+        }
+        drained
     })
     .await?;
     let detail = format!(
@@ -116,6 +140,7 @@ pub async fn undrain(app: &App, group: &str, id: &str) -> Result<(), ApiError> {
     let Some(d) = cfg.group(group).drain else {
         return Ok(());
     };
+    server_name(id)?;
     let node = id.to_string();
     let changed = blocking(&d, format!("putting {id} back"), move |lb| {
         let out = matches!(lb.server(&node)?.status.as_str(), "MAINT" | "DRAIN");

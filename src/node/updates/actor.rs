@@ -133,6 +133,21 @@ impl Actor {
         })
     }
 
+    /// The node's status as its boot steps and moves last wrote it (`status.json`, the typed
+    /// contract): cheap to read at every tick, where `cairn node status` would open the sysroot
+    /// and check every deployment's signatures. What this boot has not written yet carries
+    /// another boot id, so the rules read it as no verdict yet.
+    fn status(&self) -> Result<Status> {
+        let path = self.p.status();
+        match fs_err::read(&path) {
+            Ok(b) => {
+                crate::node::api::read(&b).with_context(|| format!("reading {}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn params(&self) -> ClientParams {
         ClientParams {
             id: self.id.clone(),
@@ -171,7 +186,7 @@ impl Actor {
     /// No update in flight: once this boot is healthy, say so to the lock service (a node
     /// back from elsewhere goes back behind the load balancer), then look for updates.
     fn await_boot(&mut self, st: AgentState) -> Step {
-        let status = moves::status(&self.p)?;
+        let status = self.status()?;
         match machine::verdict_in(&status, &self.boot_id) {
             None => Ok((st, Some(VERDICT_POLL))),
             Some(false) => {
@@ -198,7 +213,7 @@ impl Actor {
     /// An update held across the reboot: give the slot back after a healthy boot of the
     /// target, report a rollback first.
     fn settle(&mut self, st: AgentState, h: Held) -> Step {
-        let status = moves::status(&self.p)?;
+        let status = self.status()?;
         let token = h.slot.as_ref().map(|s| s.fencing_token);
         let what = format!("{} ({})", h.target.version, short(&h.target.commit));
         match machine::settle(&h, &status, &self.boot_id) {
@@ -218,8 +233,8 @@ impl Actor {
                     "agent-reboot",
                     &format!("{what} is armed but was never booted: rebooting"),
                 );
-                reboot()?;
-                return Ok((st.rebooting()?, None));
+                // Through the same last renewal as a fresh reboot: never on a lost grant.
+                return self.reboot_on(st, h);
             }
             Settle::Healthy => {
                 note(
@@ -241,6 +256,11 @@ impl Actor {
                     tracing::warn!("{e:#}");
                     return Ok((st, Some(VERDICT_POLL * 2)));
                 }
+                // Unhealthy: the slot is not given back and the node stays drained; the
+                // group is halted, and the slot's TTL (or an operator) frees it.
+                self.record.held = None;
+                self.record.save(&self.p)?;
+                return Ok((st.settled()?, None));
             }
             Settle::Stale { booted } => {
                 note(
@@ -287,7 +307,7 @@ impl Actor {
     /// Steady: read the graph and ask it where to go.
     fn look(&mut self, st: AgentState) -> Step {
         let wait = Some(jitter(self.cfg.steady_interval));
-        let status = moves::status(&self.p)?;
+        let status = self.status()?;
         let g = match self.fetch_graph(&status) {
             Ok(Some(g)) => g,
             Ok(None) => {
@@ -407,7 +427,7 @@ impl Actor {
     /// Ask the strategy for leave to move to `target`.
     fn ask_leave(&mut self, st: AgentState, target: Target) -> Step {
         let wait = Some(jitter(self.cfg.steady_interval));
-        let status = moves::status(&self.p)?;
+        let status = self.status()?;
         let from = status
             .booted
             .as_ref()
@@ -495,6 +515,10 @@ impl Actor {
                     moves::rollback(&self.p, false)?;
                     self.record.held = None;
                     self.record.save(&self.p)?;
+                    // Back behind the load balancer: the drain belonged to the lost grant.
+                    if let Err(e) = c.steady_state(&self.params(), None) {
+                        tracing::warn!("telling the lock service this node is steady: {e}");
+                    }
                     return Ok((st.lost()?, Some(jitter(self.cfg.steady_interval))));
                 }
                 tracing::warn!("renewing the slot before the reboot: {e} (rebooting on the grant)");

@@ -151,7 +151,9 @@ impl AgentState {
     /// The slot was lost before the reboot: the armed target is cancelled.
     pub fn lost(self) -> Next {
         match self {
-            AgentState::Staged { .. } => Ok(AgentState::Steady),
+            AgentState::Staged { .. } | AgentState::AwaitVerdict { held: Some(_) } => {
+                Ok(AgentState::Steady)
+            }
             s => Err(s.invalid("lose the slot")),
         }
     }

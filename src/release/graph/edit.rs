@@ -189,7 +189,7 @@ fn change_graph(
                 .as_mut()
                 .expect("rolling() returns a rollout");
             if let Some(p) = ro.paused_epoch.take() {
-                ro.start_epoch += now - p.max(ro.start_epoch);
+                ro.start_epoch += (now - p.max(ro.start_epoch)).max(0);
             }
             (r.version.clone(), format!("{} resumed", r.version))
         }

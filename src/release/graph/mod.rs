@@ -240,7 +240,7 @@ impl Graph {
     }
 
     /// Check what a reader relies on: the schema, the stream, versions and commits unique,
-    /// percentages in range, each recall naming a listed release that is not recalled itself.
+    /// percentages in range, each recall's chain ending on a listed release that is not recalled.
     pub fn check(&self) -> Result<()> {
         if self.schema != SCHEMA {
             bail!(
