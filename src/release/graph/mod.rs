@@ -260,7 +260,7 @@ impl Graph {
             if r.version.is_empty() || !versions.insert(&r.version) || !commits.insert(&r.commit) {
                 bail!("{what}: versions and commits must be unique and not empty");
             }
-            if r.commit.len() != 64 || !r.commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !crate::store::sysroot::is_checksum(&r.commit) {
                 bail!("{what}: commit {:?} is not a checksum", r.commit);
             }
             if let Some(ro) = &r.metadata.rollout {
