@@ -70,6 +70,14 @@ impl Cmd {
         self
     }
 
+    /// The program and its arguments, as given (to run the same command again later).
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(self.inner.get_program())
+            .chain(self.inner.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// Set an environment variable for the command.
     pub fn env(mut self, key: impl AsRef<OsStr>, val: impl AsRef<OsStr>) -> Self {
         self.inner.env(key, val);

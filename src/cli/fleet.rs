@@ -20,9 +20,22 @@ pub enum FleetCommand {
     Up(FleetArgs),
     /// Stop the fleet's HAProxy and its VMs.
     Down(FleetArgs),
+    /// Power a stopped node of a qemu fleet on again, on its own disk (as a cloud starts a
+    /// stopped machine); waits until it answers SSH.
+    Start(StartNodeArgs),
     /// Send requests through the fleet's load balancer until interrupted (or `--for` passes)
     /// and count every failure: a smoke load to watch a rollout by.
     Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartNodeArgs {
+    /// The fleet manifest.
+    pub manifest: PathBuf,
+    /// The node, by the name `cairn fleet up` printed.
+    pub node: String,
+    #[command(flatten)]
+    pub paths: FleetPaths,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +176,13 @@ pub fn fleet(c: FleetCommand) -> Result<()> {
             Ok(())
         }
         FleetCommand::Down(a) => ops::down(&a.manifest, &a.paths.paths()),
+        FleetCommand::Start(a) => {
+            let n = ops::power_on(&a.manifest, &a.paths.paths(), &a.node)?;
+            say(format_args!(
+                "{} ssh -p {} root@{} service {}",
+                n.name, n.ssh.port, n.ssh.host, n.service
+            ))
+        }
         FleetCommand::Load(a) => load(a),
     }
 }

@@ -13,7 +13,7 @@ use super::dir::FleetDir;
 use super::haproxy::Haproxy;
 use super::lock::{Holder, Lock};
 use super::manifest::{Fleet, Strategy};
-use super::provider::{self, FleetRecord};
+use super::provider::{self, FleetRecord, NodeRecord};
 use super::rollout::{self, Ctx};
 use super::state::{FileStore, Health, Node, NodeStep, Phase, Role, Rollout, Store, FORMAT};
 use super::trust::{self, Seen};
@@ -102,6 +102,15 @@ pub fn down(manifest_path: &Path, p: &Paths) -> Result<()> {
     provider::build(&f, &dir, &p.images)?.down()?;
     fs_err::remove_file(dir.record())?;
     Ok(())
+}
+
+/// Power node `name` of a fleet that is up on again, on its own disk (`cairn fleet start`),
+/// and wait until it answers SSH. HAProxy lets it in again once its health check passes.
+pub fn power_on(manifest_path: &Path, p: &Paths, name: &str) -> Result<NodeRecord> {
+    let f = manifest::load(manifest_path)?;
+    let dir = p.dir(&f)?;
+    FleetRecord::load(&dir)?;
+    provider::build(&f, &dir, &p.images)?.power_on(name)
 }
 
 /// What `cairn rollout start` asks for.

@@ -96,6 +96,7 @@ struct RawLoadBalancer {
     socket: PathBuf,
     backend: Option<String>,
     drain_timeout: Option<Spanned<String>>,
+    min_serving: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +149,17 @@ pub struct Drain {
     pub haproxy: crate::base::haproxy::Runtime,
     /// How long open sessions may take to finish before the node is cut off anyway.
     pub timeout: Duration,
+    /// How many other servers must be up before one is drained; `None`: every other server in
+    /// service (not in maintenance), so a dead node holds the group until it is back.
+    pub min_serving: Option<usize>,
+}
+
+impl Drain {
+    /// How many other servers must be up before one is drained, when `in_service` others are
+    /// not in maintenance.
+    pub fn gate(&self, in_service: usize) -> usize {
+        self.min_serving.unwrap_or(in_service)
+    }
 }
 
 /// A validated `lock.toml`.
@@ -430,6 +442,7 @@ fn drain(lb: RawLoadBalancer, at: &dyn Fn(usize) -> String) -> Result<Drain> {
             backend: lb.backend.unwrap_or_else(|| "nodes".into()),
         },
         timeout,
+        min_serving: lb.min_serving.map(|n| n as usize),
     })
 }
 
@@ -474,7 +487,23 @@ mod tests {
         let d = c.group("app").drain.unwrap();
         assert_eq!(d.haproxy.backend, "nodes");
         assert_eq!(d.timeout, Duration::from_secs(5));
+        assert_eq!(
+            (d.min_serving, d.gate(2)),
+            (None, 2),
+            "every other in service"
+        );
         assert!(c.group("other").drain.is_none());
+        let c = load_text(
+            "[[lock.groups]]\nname = \"app\"\n[lock.groups.load-balancer]\ntype = \"haproxy\"\n\
+             socket = \"/run/lb.sock\"\nmin-serving = 1\n",
+        )
+        .unwrap();
+        let d = c.group("app").drain.unwrap();
+        assert_eq!(
+            (d.gate(2), d.gate(0)),
+            (1, 1),
+            "one other up, whatever is dead"
+        );
         let e = load_text(
             "[[lock.groups]]\nname = \"app\"\n[lock.groups.load-balancer]\ntype = \"f5\"\nsocket = \"/x\"\n",
         )

@@ -1,7 +1,9 @@
 //! VMs that outlive the process that started them, as a cloud's machines outlive the
 //! orchestrator that asked for them: QEMU daemonizes itself (its own session, no parent-death
 //! signal), writes a pid file, reboots by itself like a machine (no power cycle), and is found
-//! again later by its record (pid, ports, files), which the caller keeps.
+//! again later by its record (pid, ports, files), which the caller keeps. A VM that was killed
+//! (the plug pulled) can be powered on again on its own disk, as a cloud's stopped machine is
+//! started again: its QEMU command line is kept beside its overlay for that.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +11,25 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{forwards, prepare, qemu_cmd, Console, Spec};
+use crate::base::cmd::Cmd;
+
+/// The file beside the overlay that keeps the VM's QEMU command line.
+const POWER_ON: &str = "qemu.argv.json";
+
+/// How to power the VM on again: its QEMU command line, as first run.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PowerOn {
+    version: u32,
+    argv: Vec<String>,
+}
+
+fn read_pid(pidfile: &Path) -> Result<u32> {
+    fs_err::read_to_string(pidfile)?
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid", pidfile.display()))
+}
 
 /// A VM started by [`start`]: enough to find, reach and stop it from another process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +73,34 @@ impl Detached {
         Ok(())
     }
 
+    /// Power a stopped VM on again on its own disk (its overlay, variables and ports), as
+    /// after a power loss; the new record (another pid).
+    pub fn power_on(&self) -> Result<Detached> {
+        if self.alive() {
+            bail!("the VM in {} is running already", self.dir.display());
+        }
+        let path = self.dir.join(POWER_ON);
+        let text = fs_err::read_to_string(&path)?;
+        let rec: PowerOn = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a QEMU command record", path.display()))?;
+        if rec.version != 1 {
+            bail!("{}: version {} is not 1", path.display(), rec.version);
+        }
+        let Some((program, args)) = rec.argv.split_first() else {
+            bail!("{}: an empty command line", path.display());
+        };
+        let pidfile = self.dir.join("qemu.pid");
+        let _ = fs_err::remove_file(&pidfile);
+        Cmd::new(program)
+            .args(args)
+            .run()
+            .with_context(|| format!("powering on the VM in {}", self.dir.display()))?;
+        Ok(Detached {
+            pid: read_pid(&pidfile)?,
+            ..self.clone()
+        })
+    }
+
     /// The console log.
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
@@ -74,18 +123,19 @@ pub fn start(spec: &Spec, dir: &Path) -> Result<Detached> {
     let disks = prepare(&spec, dir)?;
     let pidfile = dir.join("qemu.pid");
     let _ = fs_err::remove_file(&pidfile);
-    qemu_cmd(&spec, &disks, &ports)
+    let cmd = qemu_cmd(&spec, &disks, &ports)
         .arg("-daemonize")
         .arg("-pidfile")
         .arg(&pidfile)
         .arg("-D")
-        .arg(dir.join("qemu.log"))
-        .run()
-        .context("starting a detached QEMU")?;
-    let pid: u32 = fs_err::read_to_string(&pidfile)?
-        .trim()
-        .parse()
-        .with_context(|| format!("{}: not a pid", pidfile.display()))?;
+        .arg(dir.join("qemu.log"));
+    let rec = PowerOn {
+        version: 1,
+        argv: cmd.argv(),
+    };
+    fs_err::write(dir.join(POWER_ON), serde_json::to_vec_pretty(&rec)?)?;
+    cmd.run().context("starting a detached QEMU")?;
+    let pid = read_pid(&pidfile)?;
     tracing::info!(
         "{}: QEMU {pid}, SSH on 127.0.0.1:{}",
         dir.display(),

@@ -208,6 +208,79 @@ fn turns(w: &World, from: i64) -> Vec<(String, i64, i64)> {
     out
 }
 
+/// Wait for the recall's first holder and kill it; check that its slot frees after the TTL,
+/// that the other node is refused while it is down, then power it on again. The victim.
+fn killed_holder(w: &World, from: i64) -> String {
+    let mut victim = String::new();
+    let end = Instant::now() + Duration::from_secs(900);
+    while victim.is_empty() {
+        assert!(Instant::now() < end, "no node took the slot for the recall");
+        if let Ok(s) = client(w).status() {
+            if let Some(h) = s
+                .groups
+                .iter()
+                .find(|g| g.name == GROUP)
+                .and_then(|g| g.holders.first())
+            {
+                victim = h.id.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kill_vm(w, &victim);
+    let killed = cairn::lock::store::now_ms();
+    eprintln!("pull: killed {victim} while it held the slot");
+    let mut expired = None;
+    wait("the killed node's slot to expire", SHORT_TTL * 3, || {
+        expired = audit(w)
+            .into_iter()
+            .find(|r| r.at_ms >= from && r.action == Action::Expire);
+        expired.is_some()
+    });
+    let expired = expired.unwrap();
+    assert_eq!(expired.id.as_deref(), Some(victim.as_str()), "{expired:?}");
+    let after = expired.at_ms - killed;
+    eprintln!("pull: {victim}'s slot expired {after} ms after the kill (TTL {SHORT_TTL:?})");
+    assert!(
+        after <= (SHORT_TTL + Duration::from_secs(15)).as_millis() as i64,
+        "{after} ms"
+    );
+    let undrained = audit(w).into_iter().any(|r| {
+        r.at_ms >= expired.at_ms
+            && r.action == Action::Undrain
+            && r.id.as_deref() == Some(victim.as_str())
+    });
+    assert!(undrained, "the expired holder was not put back to READY");
+    // The other node, given time to ask, is refused: it would be the last one serving.
+    let other = names(w).into_iter().find(|n| *n != victim).unwrap();
+    let mut refused = String::new();
+    wait(
+        "the other node refused by the health gate",
+        Duration::from_secs(300),
+        || {
+            refused = group(w)
+                .0
+                .into_iter()
+                .find(|r| r.client_params.id == other)
+                .map(|r| r.message)
+                .unwrap_or_default();
+            refused.contains("load_balancer_unavailable") && refused.contains(&victim)
+        },
+    );
+    eprintln!("pull: {other} while {victim} is down: {refused}");
+    let grants = audit(w)
+        .into_iter()
+        .filter(|r| r.at_ms >= from && r.action == Action::Grant)
+        .count();
+    assert_eq!(grants, 1, "a node was granted while the victim was down");
+    ok(
+        "fleet start",
+        w.cairn(&["fleet", "start", w.fleet().to_str().unwrap(), &victim]),
+    );
+    eprintln!("pull: {victim} powered on again");
+    victim
+}
+
 fn version(v: &serde_json::Value) -> String {
     v["version"].as_str().unwrap().to_string()
 }
@@ -372,11 +445,61 @@ pub fn bad_release_halts(w: &mut World) {
     ok("lock clear", out);
 }
 
-/// After the finished wave to v6, v6 is recalled to v3: every node goes back, one at a time,
-/// through the same lock; then the services stop (the push steps after this serve the repo
+/// The slot's TTL for the recall (set by a reload): what a node killed while it holds the slot
+/// keeps the slot for.
+const SHORT_TTL: Duration = Duration::from_secs(120);
+
+/// Shorten the lease TTL by a live reload (SIGHUP): holders granted from now on get it.
+fn shorten_ttl(w: &World) {
+    let cfg = lock_dir(w).join("lock.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let short = text
+        .replace(
+            "lease-ttl = \"10m\"",
+            &format!("lease-ttl = \"{}s\"", SHORT_TTL.as_secs()),
+        )
+        .replace("renew-interval = \"30s\"", "renew-interval = \"20s\"");
+    assert_ne!(short, text);
+    std::fs::write(&cfg, short).unwrap();
+    let pid = w.lock.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait("the reload", Duration::from_secs(30), || {
+        std::fs::read_to_string(lock_dir(w).join("serve.log"))
+            .unwrap_or_default()
+            .contains("reloaded")
+    });
+}
+
+/// SIGKILL node `name`'s VM (the plug pulled).
+fn kill_vm(w: &World, name: &str) {
+    let pid = w
+        .record(Driven::Qemu)
+        .nodes
+        .into_iter()
+        .find(|n| n.name == name)
+        .and_then(|n| n.vm)
+        .expect("the node's VM in the qemu fleet's record")
+        .pid;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// After the finished wave to v6, v6 is recalled to v3, through the same lock. The first node to
+/// take the slot is killed while it holds it: the slot frees after its TTL and the node is put
+/// back to READY, so HAProxy's check keeps it out; the other node is refused while it would be
+/// the last one serving. Powered on again on its own disk, the killed node comes back and every
+/// node goes back to v3. Then the services stop (the push steps after this serve the repo
 /// themselves, and with no lock service the agents stay put).
 pub fn recall_brings_every_node_back(w: &mut World) {
     let (v3, v6) = (w.pull[0].clone(), w.pull[1].clone());
+    shorten_ttl(w);
     let from = cairn::lock::store::now_ms();
     let started = Instant::now();
     rollout(
@@ -391,14 +514,22 @@ pub fn recall_brings_every_node_back(w: &mut World) {
             "recalled by the test",
         ],
     );
+    let victim = killed_holder(w, from);
     all_on(w, &v3, Duration::from_secs(2400));
     let t = turns(w, from);
     eprintln!(
-        "pull recall to {v3}: {} s for {} nodes",
+        "pull recall to {v3}: {} s for {} nodes (one killed and powered on again); turns (node, held ms): {:?}",
         started.elapsed().as_secs(),
-        t.len()
+        names(w).len(),
+        t.iter()
+            .map(|(n, a, b)| (n.clone(), b - a))
+            .collect::<Vec<_>>()
     );
-    assert_eq!(t.len(), names(w).len(), "{t:?}");
+    assert_eq!(t.len(), names(w).len() + 1, "{t:?}");
+    assert_eq!(t[0].0, victim, "{t:?}");
+    for n in names(w) {
+        assert!(t[1..].iter().any(|x| x.0 == n), "{n} took no turn: {t:?}");
+    }
     let body = ureq::get(&w.url()).call().unwrap().into_string().unwrap();
     assert!(body.contains(&v3), "not v3 ({v3}) after the recall: {body}");
     for mut c in [w.lock.take(), w.repo_server.take()].into_iter().flatten() {

@@ -1,7 +1,8 @@
 //! What the service does for pull-mode fleets: it keeps each node's last report and shows it in
 //! the status, and it drives a group's load balancer — a real HAProxy in front of two tiny HTTP
 //! servers on loopback — draining a node before its grant is answered and putting it back when
-//! it is steady; a drain that fails answers `load_balancer_unavailable` and keeps no slot.
+//! it is steady; a drain that fails answers `load_balancer_unavailable` and keeps no slot; a
+//! holder whose slot expires is put back, and gates the next one while it is down.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -160,6 +161,8 @@ fn http_server(name: &'static str) -> String {
 struct Lb {
     h: Haproxy,
     listen: String,
+    /// Each server's address (its tiny HTTP server).
+    addrs: Vec<(String, String)>,
 }
 
 impl Lb {
@@ -178,7 +181,11 @@ impl Lb {
         };
         let listen = format!("127.0.0.1:{}", free_port());
         let h = Haproxy::start(dir, &listen, &servers, &service).expect("HAProxy starts");
-        let lb = Lb { h, listen };
+        let lb = Lb {
+            h,
+            listen,
+            addrs: servers.to_vec(),
+        };
         for n in ["n1", "n2"] {
             wait_for(
                 &format!("HAProxy sees {n} up"),
@@ -315,4 +322,69 @@ fn a_drain_that_fails_gives_no_slot() {
     );
     assert_eq!(records(&log, Action::Grant, "app", Some("n2")).len(), 1);
     assert_eq!(records(&log, Action::Drain, "app", Some("n2")).len(), 1);
+}
+
+/// A drained holder that never calls again (a node killed while it holds its slot): its slot
+/// expires and it is put back to READY (audited), so HAProxy's own check tells whether it
+/// serves. While the check sees it down, the next node's grant is refused by the health gate
+/// (it would take the last server out) and keeps no slot; once it is up again, the next node is
+/// drained and granted.
+#[test]
+fn an_expired_holder_is_put_back_and_gates_the_next_while_it_is_down() {
+    let hdir = tempfile::tempdir().unwrap();
+    let lb = Lb::start(hdir.path());
+    let w = World::start(
+        Store::Embedded,
+        &app_behind(&hdir.path().join("admin.sock")),
+    );
+    let op = w.operator();
+    let g = granted(w.node("n1").pre_reboot(&params("app", "n1"), None));
+    assert_eq!(lb.status("n1"), "MAINT");
+    // n1 "dies": it calls no more, and nothing answers at its address.
+    lb.h.command(&format!(
+        "set server nodes/n1 addr 127.0.0.1 port {}",
+        free_port()
+    ))
+    .unwrap();
+    wait_for("n1's slot to expire", Duration::from_secs(15), || {
+        w.group(&op, "app").holders.is_empty().then_some(())
+    });
+    wait_for("n1 out of MAINT", Duration::from_secs(5), || {
+        (lb.status("n1") != "MAINT").then_some(())
+    });
+    wait_for("HAProxy sees n1 down", Duration::from_secs(10), || {
+        (!lb.h.server("n1").unwrap().is_up()).then_some(())
+    });
+    let log = w.audit();
+    let expired = records(&log, Action::Expire, "app", Some("n1"));
+    assert_eq!(expired.len(), 1, "{log:#?}");
+    assert_eq!(expired[0].fencing_token, Some(g.holder.fencing_token));
+    assert_eq!(records(&log, Action::Undrain, "app", Some("n1")).len(), 1);
+
+    // n2 would be the last server: refused, no slot kept, n2 still serving.
+    let (status, kind, value) = refused(w.node("n2").pre_reboot(&params("app", "n2"), None));
+    assert_eq!(
+        (status, kind),
+        (503, ErrorKind::LoadBalancerUnavailable),
+        "{value}"
+    );
+    assert!(
+        value.contains("n1"),
+        "the error names the node down: {value}"
+    );
+    assert!(w.group(&op, "app").holders.is_empty(), "a slot was kept");
+    assert!(lb.h.server("n2").unwrap().is_up());
+    assert_eq!(lb.get(), "n2");
+
+    // n1 comes back: n2 is drained and granted.
+    let (host, port) = lb.addrs[0].1.rsplit_once(':').unwrap();
+    lb.h.command(&format!("set server nodes/n1 addr {host} port {port}"))
+        .unwrap();
+    wait_for("n1 up again", Duration::from_secs(15), || {
+        lb.h.server("n1").ok().filter(|s| s.is_up())
+    });
+    let g2 = granted(w.node("n2").pre_reboot(&params("app", "n2"), None));
+    assert!(!g2.renewed);
+    assert_eq!(lb.status("n2"), "MAINT");
+    assert_eq!(lb.get(), "n1");
 }

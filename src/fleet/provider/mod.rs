@@ -110,6 +110,9 @@ pub trait Provider {
     fn destroy(&mut self, name: &str) -> Result<()>;
     /// Does the node still exist (a VM that was killed, a host that vanished)?
     fn alive(&self, name: &str) -> bool;
+    /// Power a stopped node on again on its own disk, as a cloud starts a stopped machine, and
+    /// wait until it answers SSH.
+    fn power_on(&mut self, name: &str) -> Result<NodeRecord>;
 }
 
 /// The provider the fleet manifest names, its state in `dir`, its images (qemu) in `images`.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{FleetRecord, NodeRecord, Provider};
 use crate::base::Firmware;
@@ -213,6 +213,24 @@ impl Provider for Qemu {
         }
         self.record.nodes.retain(|n| n.name != name);
         self.record.save(&self.dir)
+    }
+
+    fn power_on(&mut self, name: &str) -> Result<NodeRecord> {
+        let Some(vm) = self.record.node(name).and_then(|n| n.vm.clone()) else {
+            bail!("{}: no node {name} in the fleet", self.record.name);
+        };
+        let vm = vm
+            .power_on()
+            .with_context(|| format!("powering on {name}"))?;
+        let mut n = None;
+        for rec in self.record.nodes.iter_mut().filter(|r| r.name == name) {
+            rec.vm = Some(vm.clone());
+            n = Some(rec.clone());
+        }
+        self.record.save(&self.dir)?;
+        let n = n.context("internal: the node left the record")?;
+        self.wait(&n)?;
+        Ok(n)
     }
 
     fn alive(&self, name: &str) -> bool {

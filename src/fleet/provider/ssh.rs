@@ -102,4 +102,8 @@ impl Provider for SshHosts {
     fn alive(&self, name: &str) -> bool {
         self.record.node(name).is_some()
     }
+
+    fn power_on(&mut self, name: &str) -> Result<NodeRecord> {
+        bail!("the ssh provider cannot power on {name}: its hosts are not cairn's machines")
+    }
 }

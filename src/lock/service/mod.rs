@@ -222,10 +222,32 @@ async fn reaper(app: Arc<App>) {
                         detail,
                     )
                     .await;
+                    put_back(&app, &group, &h.record.id).await;
                 }
             }
             Err(e) => tracing::warn!("reaper: {e:#}"),
         }
+    }
+}
+
+/// A drained holder whose slot expired (a node that died holding it) goes back to READY:
+/// HAProxy's own check then tells whether it serves, and while it is down it counts as down
+/// for the next holder's health gate (a node left in MAINT would not, and the next drain could
+/// take the last server out). In a halted group it stays as it is, for the operator: its
+/// holder may be the node that failed its health check.
+async fn put_back(app: &App, group: &str, id: &str) {
+    let halted = match app.backend.groups().await {
+        Ok(g) => g.get(group).is_some_and(|v| v.halt.is_some()),
+        Err(e) => {
+            tracing::warn!("group {group}: not putting {id} back, its halt is unknown: {e:#}");
+            return;
+        }
+    };
+    if halted {
+        return;
+    }
+    if let Err(e) = nodes::undrain(app, group, id).await {
+        tracing::warn!("group {group}: putting {id} back: {}", e.1);
     }
 }
 

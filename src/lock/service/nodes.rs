@@ -5,7 +5,8 @@
 //! before the grant is answered, and only once every other server in service is up: the slot
 //! is health-gated, so no node goes out while another is still coming back, and none reboots
 //! under traffic. It is put back when it calls `steady-state` (its agent does so only after a
-//! healthy boot).
+//! healthy boot), or when its slot expires outside a halted group (it died holding the slot:
+//! HAProxy's own check then keeps it out while it is down, and the health gate waits for it).
 //!
 //! The service drains, not a hook on the node: the load balancer's admin socket is where the
 //! service runs, no node can reach it (nor should: a node that could drain itself could drain
@@ -98,16 +99,17 @@ pub async fn drain(app: &App, group: &str, id: &str, token: u64) -> Result<(), A
         return Ok(());
     };
     server_name(id)?;
-    let (node, limit) = (id.to_string(), d.timeout);
+    let (node, limit, gate) = (id.to_string(), d.timeout, d.clone());
     let started = std::time::Instant::now();
     blocking(&d, format!("draining {id}"), move |lb| {
-        // Health-gated: every other server in service must be up before this one goes out.
+        // Health-gated: every other server in service (or `min-serving` of them) must be up
+        // before this one goes out.
         let others = lb
             .servers()?
             .iter()
             .filter(|s| s.name != node && s.status != "MAINT")
             .count();
-        lb.wait_others_up(&node, others, limit)?;
+        lb.wait_others_up(&node, gate.gate(others), limit)?;
         let drained = lb.drain(&node, limit);
         if drained.is_err() {
             // No grant comes of it: the node goes back into service rather than staying cut off.
