@@ -389,19 +389,7 @@ fn lost_node_halts(w: &mut World) {
             None => false,
         },
     );
-    let pid = w
-        .record(Driven::Qemu)
-        .nodes
-        .into_iter()
-        .find(|n| n.name == victim)
-        .and_then(|n| n.vm)
-        .expect("the victim's VM in the qemu fleet's record")
-        .pid;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    w.kill_vm(&victim);
     assert!(!run.wait().unwrap().success());
     let r = w.rollout();
     assert_eq!(r["phase"], "halted", "{r}");

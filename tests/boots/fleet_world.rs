@@ -209,6 +209,23 @@ impl World {
         c
     }
 
+    /// SIGKILL the qemu fleet's node `name` (the plug pulled).
+    pub fn kill_vm(&self, name: &str) {
+        let pid = self
+            .record(Driven::Qemu)
+            .nodes
+            .into_iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.vm)
+            .expect("the node's VM in the qemu fleet's record")
+            .pid;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+
     /// `cairn rollout start` of this fleet to the app-example ref, with `extra` flags.
     pub fn start(&self, extra: &[&str]) -> Command {
         let fleet = self.fleet().to_str().unwrap();

@@ -227,7 +227,7 @@ fn killed_holder(w: &World, from: i64) -> String {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    kill_vm(w, &victim);
+    w.kill_vm(&victim);
     let killed = cairn::lock::store::now_ms();
     eprintln!("pull: killed {victim} while it held the slot");
     let mut expired = None;
@@ -472,23 +472,6 @@ fn shorten_ttl(w: &World) {
             .unwrap_or_default()
             .contains("reloaded")
     });
-}
-
-/// SIGKILL node `name`'s VM (the plug pulled).
-fn kill_vm(w: &World, name: &str) {
-    let pid = w
-        .record(Driven::Qemu)
-        .nodes
-        .into_iter()
-        .find(|n| n.name == name)
-        .and_then(|n| n.vm)
-        .expect("the node's VM in the qemu fleet's record")
-        .pid;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
 }
 
 /// After the finished wave to v6, v6 is recalled to v3, through the same lock. The first node to
