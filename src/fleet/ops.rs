@@ -110,6 +110,11 @@ pub fn power_on(manifest_path: &Path, p: &Paths, name: &str) -> Result<NodeRecor
     let f = manifest::load(manifest_path)?;
     let dir = p.dir(&f)?;
     FleetRecord::load(&dir)?;
+    // A rollout keeps its own copy of the record: none may run while this one changes it.
+    let _lock = Lock::take(
+        &dir.lock(),
+        &Holder::me(&format!("cairn fleet start {name}")),
+    )?;
     provider::build(&f, &dir, &p.images)?.power_on(name)
 }
 

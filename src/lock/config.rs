@@ -96,7 +96,7 @@ struct RawLoadBalancer {
     socket: PathBuf,
     backend: Option<String>,
     drain_timeout: Option<Spanned<String>>,
-    min_serving: Option<u32>,
+    min_serving: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -442,7 +442,14 @@ fn drain(lb: RawLoadBalancer, at: &dyn Fn(usize) -> String) -> Result<Drain> {
             backend: lb.backend.unwrap_or_else(|| "nodes".into()),
         },
         timeout,
-        min_serving: lb.min_serving.map(|n| n as usize),
+        min_serving: match lb.min_serving {
+            Some(n) if *n.get_ref() == 0 => bail!(
+                "{}: key `min-serving`: 0 would let a drain take the last server out (at least 1, \
+                 or leave it out: every other server in service)",
+                at(n.span().start)
+            ),
+            n => n.map(|n| *n.get_ref() as usize),
+        },
     })
 }
 
@@ -503,6 +510,15 @@ mod tests {
             (d.gate(2), d.gate(0)),
             (1, 1),
             "one other up, whatever is dead"
+        );
+        let e = load_text(
+            "[[lock.groups]]\nname = \"app\"\n[lock.groups.load-balancer]\ntype = \"haproxy\"\n\
+             socket = \"/run/lb.sock\"\nmin-serving = 0\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("lock.toml:6: key `min-serving`"),
+            "{e:#}"
         );
         let e = load_text(
             "[[lock.groups]]\nname = \"app\"\n[lock.groups.load-balancer]\ntype = \"f5\"\nsocket = \"/x\"\n",

@@ -245,12 +245,17 @@ fn killed_holder(w: &World, from: i64) -> String {
         after <= (SHORT_TTL + Duration::from_secs(15)).as_millis() as i64,
         "{after} ms"
     );
-    let undrained = audit(w).into_iter().any(|r| {
-        r.at_ms >= expired.at_ms
-            && r.action == Action::Undrain
-            && r.id.as_deref() == Some(victim.as_str())
-    });
-    assert!(undrained, "the expired holder was not put back to READY");
+    wait(
+        "the expired holder put back to READY",
+        Duration::from_secs(30),
+        || {
+            audit(w).into_iter().any(|r| {
+                r.at_ms >= expired.at_ms
+                    && r.action == Action::Undrain
+                    && r.id.as_deref() == Some(victim.as_str())
+            })
+        },
+    );
     // The other node, given time to ask, is refused: it would be the last one serving.
     let other = names(w).into_iter().find(|n| *n != victim).unwrap();
     let mut refused = String::new();
@@ -449,7 +454,7 @@ pub fn bad_release_halts(w: &mut World) {
 /// keeps the slot for.
 const SHORT_TTL: Duration = Duration::from_secs(120);
 
-/// Shorten the lease TTL by a live reload (SIGHUP): holders granted from now on get it.
+/// Shorten the lease TTL by a live reload (SIGHUP): grants and renewals from now on get it.
 fn shorten_ttl(w: &World) {
     let cfg = lock_dir(w).join("lock.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -470,7 +475,7 @@ fn shorten_ttl(w: &World) {
     wait("the reload", Duration::from_secs(30), || {
         std::fs::read_to_string(lock_dir(w).join("serve.log"))
             .unwrap_or_default()
-            .contains("reloaded")
+            .contains("cairn lock: reloaded")
     });
 }
 

@@ -230,23 +230,32 @@ async fn reaper(app: Arc<App>) {
     }
 }
 
-/// A drained holder whose slot expired (a node that died holding it) goes back to READY:
-/// HAProxy's own check then tells whether it serves, and while it is down it counts as down
-/// for the next holder's health gate (a node left in MAINT would not, and the next drain could
-/// take the last server out). In a halted group it stays as it is, for the operator: its
-/// holder may be the node that failed its health check.
+/// A drained holder whose slot expired (a node that died holding it) goes back to READY,
+/// marked down until its checks pass: HAProxy's own check then tells whether it serves, and
+/// while it is down it counts as down for the next holder's health gate (a node left in MAINT
+/// would not, and the next drain could take the last server out). In a halted group it stays
+/// as it is, for the operator: its holder may be the node that failed its health check. A node
+/// that holds a slot again (granted anew since) is left drained.
 async fn put_back(app: &App, group: &str, id: &str) {
-    let halted = match app.backend.groups().await {
-        Ok(g) => g.get(group).is_some_and(|v| v.halt.is_some()),
+    if app.config().group(group).drain.is_none() {
+        return;
+    }
+    let (halted, holds) = match app.backend.groups().await {
+        Ok(g) => g.get(group).map_or((false, false), |v| {
+            (
+                v.halt.is_some(),
+                v.holders.iter().any(|h| h.record.id == id),
+            )
+        }),
         Err(e) => {
-            tracing::warn!("group {group}: not putting {id} back, its halt is unknown: {e:#}");
+            tracing::warn!("group {group}: not putting {id} back, its state is unknown: {e:#}");
             return;
         }
     };
-    if halted {
+    if halted || holds {
         return;
     }
-    if let Err(e) = nodes::undrain(app, group, id).await {
+    if let Err(e) = nodes::undrain_expired(app, group, id).await {
         tracing::warn!("group {group}: putting {id} back: {}", e.1);
     }
 }

@@ -138,6 +138,17 @@ pub async fn drain(app: &App, group: &str, id: &str, token: u64) -> Result<(), A
 /// Put `id` back behind its group's load balancer (its own health checks let traffic in once
 /// it answers); audited.
 pub async fn undrain(app: &App, group: &str, id: &str) -> Result<(), ApiError> {
+    put_back(app, group, id, false).await
+}
+
+/// Put back a holder whose slot expired (it may be dead): marked down first, so that HAProxy
+/// lets it in only once its checks pass (a server leaving maintenance counts as up at once,
+/// and the next holder's health gate would take a dead node for a serving one); audited.
+pub async fn undrain_expired(app: &App, group: &str, id: &str) -> Result<(), ApiError> {
+    put_back(app, group, id, true).await
+}
+
+async fn put_back(app: &App, group: &str, id: &str, down_first: bool) -> Result<(), ApiError> {
     let cfg = app.config();
     let Some(d) = cfg.group(group).drain else {
         return Ok(());
@@ -146,6 +157,12 @@ pub async fn undrain(app: &App, group: &str, id: &str) -> Result<(), ApiError> {
     let node = id.to_string();
     let changed = blocking(&d, format!("putting {id} back"), move |lb| {
         let out = matches!(lb.server(&node)?.status.as_str(), "MAINT" | "DRAIN");
+        if out && down_first {
+            lb.expect(
+                &format!("set server {}/{node} health down", lb.backend()),
+                &[],
+            )?;
+        }
         if out {
             lb.set_state(&node, LbState::Ready)?;
         }
@@ -155,7 +172,14 @@ pub async fn undrain(app: &App, group: &str, id: &str) -> Result<(), ApiError> {
     if !changed {
         return Ok(());
     }
-    let detail = format!("ready in {}/{id}", d.haproxy.backend);
+    let detail = if down_first {
+        format!(
+            "ready in {}/{id}, down until its checks pass (its slot expired)",
+            d.haproxy.backend
+        )
+    } else {
+        format!("ready in {}/{id}", d.haproxy.backend)
+    };
     app.audit(Action::Undrain, group, Some(id), None, "service", detail)
         .await;
     Ok(())
