@@ -98,6 +98,13 @@ pub trait RuntimeApi {
             .with_context(|| format!("HAProxy has no server {b}/{name}"))
     }
 
+    /// Force `server`'s health down: it takes traffic again only once its checks pass (a server
+    /// leaving maintenance otherwise counts as up at once).
+    fn mark_down(&self, server: &str) -> Result<()> {
+        let b = self.backend();
+        self.expect(&format!("set server {b}/{server} health down"), &[])
+    }
+
     fn set_state(&self, server: &str, state: State) -> Result<()> {
         let b = self.backend();
         self.expect(

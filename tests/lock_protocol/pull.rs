@@ -217,14 +217,21 @@ impl Drop for Lb {
     }
 }
 
-#[test]
-fn a_granted_node_is_drained_and_put_back_when_steady() {
+/// A real HAProxy (its files in the temporary directory returned) and a service whose group
+/// `app` drains from it.
+fn behind_haproxy() -> (tempfile::TempDir, Lb, World) {
     let hdir = tempfile::tempdir().unwrap();
     let lb = Lb::start(hdir.path());
     let w = World::start(
         Store::Embedded,
         &app_behind(&hdir.path().join("admin.sock")),
     );
+    (hdir, lb, w)
+}
+
+#[test]
+fn a_granted_node_is_drained_and_put_back_when_steady() {
+    let (_hdir, lb, w) = behind_haproxy();
     // Both serve before anything is drained.
     let mut seen: Vec<String> = (0..4).map(|_| lb.get()).collect();
     seen.sort();
@@ -331,12 +338,7 @@ fn a_drain_that_fails_gives_no_slot() {
 /// drained and granted.
 #[test]
 fn an_expired_holder_is_put_back_and_gates_the_next_while_it_is_down() {
-    let hdir = tempfile::tempdir().unwrap();
-    let lb = Lb::start(hdir.path());
-    let w = World::start(
-        Store::Embedded,
-        &app_behind(&hdir.path().join("admin.sock")),
-    );
+    let (_hdir, lb, w) = behind_haproxy();
     let op = w.operator();
     let g = granted(w.node("n1").pre_reboot(&params("app", "n1"), None));
     assert_eq!(lb.status("n1"), "MAINT");

@@ -222,13 +222,15 @@ impl Provider for Qemu {
         let vm = vm
             .power_on()
             .with_context(|| format!("powering on {name}"))?;
-        let mut n = None;
-        for rec in self.record.nodes.iter_mut().filter(|r| r.name == name) {
-            rec.vm = Some(vm.clone());
-            n = Some(rec.clone());
-        }
+        let rec = self
+            .record
+            .nodes
+            .iter_mut()
+            .find(|r| r.name == name)
+            .context("internal: the node left the record")?;
+        rec.vm = Some(vm);
+        let n = rec.clone();
         self.record.save(&self.dir)?;
-        let n = n.context("internal: the node left the record")?;
         self.wait(&n)?;
         Ok(n)
     }

@@ -158,10 +158,7 @@ async fn put_back(app: &App, group: &str, id: &str, down_first: bool) -> Result<
     let changed = blocking(&d, format!("putting {id} back"), move |lb| {
         let out = matches!(lb.server(&node)?.status.as_str(), "MAINT" | "DRAIN");
         if out && down_first {
-            lb.expect(
-                &format!("set server {}/{node} health down", lb.backend()),
-                &[],
-            )?;
+            lb.mark_down(&node)?;
         }
         if out {
             lb.set_state(&node, LbState::Ready)?;

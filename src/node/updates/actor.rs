@@ -138,14 +138,7 @@ impl Actor {
     /// and check every deployment's signatures. What this boot has not written yet carries
     /// another boot id, so the rules read it as no verdict yet.
     fn status(&self) -> Result<Status> {
-        let path = self.p.status();
-        match fs_err::read(&path) {
-            Ok(b) => {
-                crate::node::api::read(&b).with_context(|| format!("reading {}", path.display()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
-            Err(e) => Err(e.into()),
-        }
+        crate::node::record::load(&self.p.status())
     }
 
     fn params(&self) -> ClientParams {
